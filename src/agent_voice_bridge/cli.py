@@ -1,0 +1,150 @@
+"""``voice-bridge``: serve, call, check, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from agent_voice_bridge.pipelines.errors import ConfigError
+from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load_file
+
+AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY")
+
+
+def load_config(path: str | None) -> LoadedConfig:
+    """``-c FILE``, else ./pipeline.yaml, else the built-in echo line."""
+    if path:
+        return load_file(path)
+    if Path("pipeline.yaml").exists():
+        return load_file("pipeline.yaml")
+    return load_default("echo.yaml")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from agent_voice_bridge.pipelines.chain import build_chain
+
+    try:
+        loaded = load_config(args.config)
+        chain = build_chain(loaded)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{loaded.path}: OK, {len(chain.stages)} stages")
+    print(chain.describe())
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from agent_voice_bridge.pipelines.schema import file_schema
+
+    print(json.dumps(file_schema(), indent=2))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agent_voice_bridge.pipelines.chain import build_chain
+    from agent_voice_bridge.server import create_app
+
+    try:
+        loaded = load_config(args.config)
+        chain = build_chain(loaded)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    server = loaded.config.server
+    host = args.host or server.host
+    port = args.port or server.port
+    names = [s.name for s in chain.stages]
+    print(f"voice-bridge: serving {loaded.path} on http://{host}:{port} ({' → '.join(names)})", file=sys.stderr)
+    if "echo" in names:
+        missing = "no AI key" if not any(os.environ.get(k) for k in AI_KEYS) else "the echo chain"
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"*** OFFLINE ECHO LINE ({missing}): callers hear their own words back when they stop talking. "
+              f"Try it: .venv/bin/voice-bridge call ws://{local}:{port}/media-stream --wav hello.wav "
+              f"--out heard.wav ***", file=sys.stderr)
+    if not loaded.config.twilio.auth_token:
+        print("*** No Twilio auth token configured: webhook signature checks are OFF (local development) ***",
+              file=sys.stderr)
+    uvicorn.run(create_app(loaded.config, chain), host=host, port=port, log_level="warning", ws="websockets-sansio")
+    return 0
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, load_wav, run_call
+    from agent_voice_bridge.transports.simulated_caller import save_wav
+
+    if not args.wav:
+        print("voice-bridge call: give at least one --wav FILE to speak", file=sys.stderr)
+        return 2
+    steps: list = [Pause(0.5)]
+    for i, path in enumerate(args.wav):
+        steps.append(Say(load_wav(path), label=Path(path).name))
+        last = i == len(args.wav) - 1
+        if args.barge_in is not None and not last:
+            steps.append(WaitHeard(after=args.barge_in))
+        else:
+            steps.append(WaitQuiet(idle=1.0, timeout=args.timeout))
+    token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    try:
+        result = asyncio.run(run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
+                                      auth_token=token))
+    except (OSError, ValueError) as exc:
+        print(f"voice-bridge call: {exc}", file=sys.stderr)
+        return 1
+    print(result.timeline())
+    if args.out:
+        save_wav(args.out, result.heard)
+        print(f"heard audio written to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voice-bridge", description="A phone line to a real-time AI, over Twilio.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("-c", "--config", help="pipeline YAML (default ./pipeline.yaml, else the built-in echo line)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser("check", help="validate a pipeline file and print the resolved chain")
+    check.add_argument("-c", "--config")
+    check.set_defaults(func=_cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
+    schema.set_defaults(func=_cmd_schema)
+
+    call = sub.add_parser("call", help="call a bridge as a simulated Twilio caller")
+    call.add_argument("url", help="http(s)://host/incoming (follows the TwiML) or ws(s)://host/media-stream")
+    call.add_argument("--wav", action="append", default=[], help="audio to speak (repeatable)")
+    call.add_argument("--out", help="write what the caller heard to this WAV")
+    call.add_argument("--from", dest="from_number", default="+15550001111")
+    call.add_argument("--to", dest="to_number", default="+15550002222")
+    call.add_argument("--barge-in", type=float, metavar="SECS",
+                      help="speak each next WAV SECS after the reply to the previous one starts playing")
+    call.add_argument("--timeout", type=float, default=20.0, help="longest wait for a reply to finish")
+    call.set_defaults(func=_cmd_call)
+
+    args = parser.parse_args(argv)
+    _quiet_logs(getattr(args, "log_level", "warning"))
+    return args.func(args)
+
+
+def _quiet_logs(level: str) -> None:
+    """Before pipecat is imported (it logs a banner): only what the user asked to see."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

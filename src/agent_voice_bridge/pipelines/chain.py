@@ -1,0 +1,159 @@
+"""Resolve and check a chain once, before any call needs it.
+
+Each stage's parameters are validated against its model and the audio format is
+walked from Twilio's μ-law through every stage; the first disagreement is reported
+with the file, the YAML line and the stage's position.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent_voice_bridge.pipelines.errors import ConfigError, where
+from agent_voice_bridge.pipelines.formats import AudioFormat, FormatMismatch, Side
+from agent_voice_bridge.pipelines.loader import LoadedConfig
+from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
+from agent_voice_bridge.pipelines.stage import Role, Stage
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+@dataclass
+class ResolvedStage:
+    """One checked stage: its class, validated parameters and the audio on either side."""
+
+    position: int
+    name: str
+    line: int | None
+    cls: type
+    params: BaseModel | dict[str, Any]
+    role: Role
+    side: Side
+    audio_in: AudioFormat | None
+    audio_out: AudioFormat | None
+
+    def describe(self) -> str:
+        fmt_in = str(self.audio_in) if self.audio_in else "—"
+        fmt_out = str(self.audio_out) if self.audio_out else "—"
+        shown = {k: ("***" if is_secret(k) and v else v) for k, v in self.param_dict().items()}
+        args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"{self.position:>2}. {self.name:<18} {self.side:<6} {fmt_in:>14} → {fmt_out:<14} {args}"
+
+    def param_dict(self) -> dict[str, Any]:
+        return self.params.model_dump() if isinstance(self.params, BaseModel) else dict(self.params)
+
+
+@dataclass
+class Chain:
+    """A checked chain: what the server builds a fresh pipeline from for every call."""
+
+    source: str
+    stages: list[ResolvedStage]
+
+    def describe(self) -> str:
+        return "\n".join(s.describe() for s in self.stages)
+
+
+def is_secret(name: str) -> bool:
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, params = next(iter(entry.items()))
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise TypeError(f"parameters of {name!r} must be a mapping, got {type(params).__name__}")
+        return str(name), params
+    raise TypeError("each stage is a name, or a mapping with one key: the name, holding its parameters")
+
+
+def _validate_params(cls: type, params: dict[str, Any]) -> BaseModel | dict[str, Any]:
+    if issubclass(cls, Stage):
+        return cls.Params.model_validate(params)
+    signature = inspect.signature(cls.__init__)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [k for k in params if k not in signature.parameters and not accepts_any]
+    if unknown:
+        raise TypeError(f"{cls.__name__} takes no parameter {', '.join(map(repr, unknown))}")
+    return dict(params)
+
+
+def _format_validation(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "parameters"
+        parts.append(f"{loc}: {e['msg']}")  # never the input value: it may be a secret
+    return "; ".join(parts)
+
+
+def build_chain(loaded: LoadedConfig) -> Chain:
+    """Check every stage of ``loaded`` and return the chain, or raise ConfigError listing all problems."""
+    path = loaded.path
+    entries = loaded.config.pipeline
+    if not entries:
+        raise ConfigError([f"{path}: pipeline: is empty; list the stages from twilio.input to twilio.output"])
+    problems: list[str] = []
+    stages: list[ResolvedStage] = []
+    fmt: AudioFormat | None = None
+    side: Side = "caller"
+    responders = 0
+    for i, entry in enumerate(entries):
+        position = i + 1
+        line = loaded.stage_lines[i] if i < len(loaded.stage_lines) else None
+        try:
+            name, raw = _split_entry(entry)
+        except TypeError as exc:
+            problems.append(f"{where(path, line)}: stage {position}: {exc}")
+            continue
+        at = where(path, line, position, name)
+        try:
+            cls = resolve(name)
+            params = _validate_params(cls, raw)
+        except UnknownStage as exc:
+            problems.append(f"{at}: {exc}")
+            continue
+        except ValidationError as exc:
+            problems.append(f"{at}: {_format_validation(exc)}")
+            continue
+        except TypeError as exc:
+            problems.append(f"{at}: {exc}")
+            continue
+        role: Role = cls.role if issubclass(cls, Stage) else "transform"
+        if role == "source" and i != 0:
+            problems.append(f"{at}: {name} must be the first stage")
+        if role == "sink" and i != len(entries) - 1:
+            problems.append(f"{at}: {name} must be the last stage")
+        audio_in = fmt
+        try:
+            if issubclass(cls, Stage):
+                fmt = cls.audio_out(params, fmt, side)
+        except FormatMismatch as exc:
+            prev = stages[-1] if stages else None
+            origin = f" from stage {prev.position} ({prev.name})" if prev else ""
+            problems.append(f"{at}: {exc}{origin}")
+            fmt = None
+        stage_side = side
+        if role == "responder":
+            responders += 1
+            side = "agent"
+        stages.append(ResolvedStage(position, name, line, cls, params, role, stage_side, audio_in, fmt))
+    if not problems:
+        if stages[0].role != "source":
+            problems.append(f"{where(path, stages[0].line, 1, stages[0].name)}: the first stage must be twilio.input")
+        if stages[-1].role != "sink":
+            last = stages[-1]
+            problems.append(f"{where(path, last.line, last.position, last.name)}: the last stage must be twilio.output")
+        if responders != 1:
+            problems.append(f"{path}: pipeline: needs exactly one AI stage (echo, loopback, gemini.live, "
+                            f"openai.realtime), found {responders}")
+    if problems:
+        raise ConfigError(problems)
+    return Chain(source=path, stages=stages)

@@ -1,0 +1,167 @@
+"""Read a pipeline file: YAML → expanded values → :class:`BridgeConfig`, keeping line numbers.
+
+PyYAML's node tree is kept next to the data so each stage of ``pipeline:`` knows its
+line, and each ``${VAR}`` is expanded where it stands (see :mod:`.env`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agent_voice_bridge.pipelines import env as envvars
+from agent_voice_bridge.pipelines.config import BridgeConfig
+from agent_voice_bridge.pipelines.errors import ConfigError, where
+
+DEFAULT_CHAIN = [
+    "twilio.input",
+    "mulaw.decode",
+    {"resample": {"rate": 16000}},
+    {"vad.interrupter": {"start_secs": 0.2, "stop_secs": 0.6}},
+    "@ai",
+    {"resample": {"rate": 8000}},
+    "mulaw.encode",
+    "twilio.output",
+]
+"""The chain the seed's ``ai:`` shape expands to; ``@ai`` is replaced by the provider's stage."""
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+SEED_STAGES = {"gemini": "gemini.live", "openai": "openai.realtime", "echo": "echo"}
+
+
+@dataclass
+class LoadedConfig:
+    """A parsed file with where each stage came from."""
+
+    config: BridgeConfig
+    path: str
+    stage_lines: list[int | None] = field(default_factory=list)
+
+
+def load_file(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from exc
+    return load_text(text, str(p), env)
+
+
+def load_default(name: str = "echo.yaml", env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """One of the chains embedded in the package (used when no file is given)."""
+    text = resources.files("agent_voice_bridge.defaults").joinpath(name).read_text(encoding="utf-8")
+    return load_text(text, f"<built-in {name}>", env)
+
+
+def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError([f"{where(path, line)}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    finally:
+        loader.dispose()
+    if root is None:
+        raise ConfigError([f"{path}: the file is empty"])
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError([f"{where(path, root.start_mark.line + 1)}: the top level must be a mapping"])
+
+    missing = _expand_node(root, (), loader, env)
+    data: Any = yaml.SafeLoader("").construct_document(root)
+    stage_lines = _pipeline_lines(root)
+
+    if isinstance(data, dict) and "ai" in data and not data.get("pipeline"):
+        provider = (data.get("ai") or {}).get("provider", "gemini")
+        missing = [m for m in missing if not (m.path[:1] == ("ai",) and len(m.path) > 1
+                                              and m.path[1] in SEED_STAGES and m.path[1] != provider)]
+    if missing:
+        raise ConfigError([
+            f"{where(path, m.line)}: environment variable {m.name} is not set (used at {_dotted(m.path)}); "
+            f"set it or write ${{{m.name}:-default}}"
+            for m in missing
+        ])
+
+    try:
+        config = BridgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_validation_line(path, root, err) for err in exc.errors()]) from None
+
+    if config.ai is not None and not config.pipeline:
+        config, stage_lines = _expand_seed(config, root)
+    return LoadedConfig(config=config, path=path, stage_lines=stage_lines)
+
+
+def _expand_node(node: yaml.Node, path: tuple[str | int, ...], loader: yaml.SafeLoader,
+                 env: Mapping[str, str] | None) -> list[envvars.MissingVariable]:
+    missing: list[envvars.MissingVariable] = []
+    if isinstance(node, yaml.ScalarNode):
+        if envvars.has_variables(node.value):
+            value, names = envvars.expand(node.value, env)
+            missing += [envvars.MissingVariable(n, node.start_mark.line + 1, path) for n in names]
+            node.value = value
+            if node.style is None:  # plain scalar: let `${PORT:-8082}` become an int like `8082` would
+                node.tag = loader.resolve(yaml.ScalarNode, value, (True, False)) if value else _STR_TAG
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            missing += _expand_node(item, path + (i,), loader, env)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            missing += _expand_node(value, path + (str(key.value),), loader, env)
+    return missing
+
+
+def _child(node: yaml.Node | None, key: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        return next((v for k, v in node.value if k.value == key), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+        return node.value[key]
+    return None
+
+
+def _pipeline_lines(root: yaml.MappingNode) -> list[int | None]:
+    seq = _child(root, "pipeline")
+    if not isinstance(seq, yaml.SequenceNode):
+        return []
+    return [item.start_mark.line + 1 for item in seq.value]
+
+
+def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
+    node: yaml.Node | None = root
+    line = None
+    for key in loc:
+        node = _child(node, key)
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _validation_line(path: str, root: yaml.Node, err: Any) -> str:
+    loc = tuple(err["loc"])
+    # Never echo the input value: it may be a secret.
+    return f"{where(path, _line_of(root, loc))}: {_dotted(loc) or 'file'}: {err['msg']}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+
+
+def _expand_seed(config: BridgeConfig, root: yaml.Node) -> tuple[BridgeConfig, list[int | None]]:
+    ai = config.ai
+    assert ai is not None
+    stage = SEED_STAGES[ai.provider]
+    params = dict(getattr(ai, ai.provider, None) or {}) if ai.provider != "echo" else {}
+    chain = [({stage: params or None} if s == "@ai" else s) for s in DEFAULT_CHAIN]
+    line = _line_of(root, ("ai",))
+    config = config.model_copy(update={"pipeline": chain, "ai": None})
+    return config, [line] * len(chain)

@@ -1,0 +1,51 @@
+"""Short stage names → processor classes. A new stage is one new file and one line here.
+
+Classes are imported on first use, so a chain pays only for the stages it names.
+Anything written ``package.module:Class`` is looked up by import path instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from pipecat.processors.frame_processor import FrameProcessor
+
+STAGES: dict[str, str] = {
+    "twilio.input": "agent_voice_bridge.transports.twilio_input:TwilioInput",
+    "twilio.output": "agent_voice_bridge.transports.twilio_output:TwilioOutput",
+    "mulaw.decode": "agent_voice_bridge.processors.mulaw:MulawDecoder",
+    "mulaw.encode": "agent_voice_bridge.processors.mulaw:MulawEncoder",
+    "resample": "agent_voice_bridge.processors.resample:Resampler",
+    "vad.interrupter": "agent_voice_bridge.processors.vad_interrupter:VADInterrupter",
+    "echo": "agent_voice_bridge.processors.echo:EchoLine",
+    "loopback": "agent_voice_bridge.processors.loopback:Loopback",
+}
+
+
+class UnknownStage(LookupError):
+    pass
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+@cache
+def resolve(name: str) -> type:
+    """The processor class for a stage name or a ``package.module:Class`` path."""
+    target = STAGES.get(name)
+    if target is None and not is_import_path(name):
+        known = ", ".join(sorted(STAGES))
+        raise UnknownStage(f"unknown stage {name!r}; known stages: {known}, or a package.module:Class path")
+    module_name, _, attr = (target or name).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownStage(f"cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise UnknownStage(f"module {module_name!r} has no {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, FrameProcessor)):
+        raise UnknownStage(f"{name!r} is not a pipecat FrameProcessor class")
+    return cls

@@ -1,0 +1,32 @@
+"""The facts of one call, handed to every stage that asks for them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agent_voice_bridge.transports.playback import PlaybackTracker
+
+if TYPE_CHECKING:
+    from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
+
+
+@dataclass
+class CallInfo:
+    """Who is calling whom, Twilio's identifiers, the stream, and playback truth."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str = ""
+    caller: str = ""
+    callee: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    stream: TwilioMediaStream | None = None
+    playback: PlaybackTracker = field(default_factory=PlaybackTracker)
+
+    def facts(self) -> dict[str, str]:
+        """Template values for instructions and greetings: every <Parameter> plus the basics."""
+        return {**self.parameters, "caller": self.caller, "callee": self.callee, "call_sid": self.call_sid,
+                "local_time": time.strftime("%A %d %B %Y, %H:%M", time.localtime(self.started_at))}

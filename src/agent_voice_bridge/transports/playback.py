@@ -1,0 +1,101 @@
+"""What the caller has actually heard, from Twilio's mark echoes.
+
+Twilio buffers the audio we send and plays it on its own clock. The output sends a
+``mark`` every so often and at the end of each AI audio segment; Twilio echoes each
+mark once the audio before it has played, or at once after a ``clear``. So the
+bridge knows, without pacing timers of its own, whether the agent is still audible
+and how many milliseconds of a segment reached the caller's ear before a barge-in
+(which the backends use to truncate the model's memory to what was heard).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _PendingMark:
+    name: str
+    segment: int
+    end_ms: float
+
+
+class PlaybackTracker:
+    """Per-call ledger of sent audio and echoed marks, segment by segment."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self.segment = 0
+        self._sent_ms: dict[int, float] = {}
+        self._heard_ms: dict[int, float] = {}
+        self._pending: deque[_PendingMark] = deque()
+        self._flushed: set[str] = set()
+        self._anchor: tuple[int, float, float] | None = None  # (segment, ms heard, when)
+        self.on_idle: Callable[[], Awaitable[None]] | None = None
+        self.marks_sent = 0
+        self.marks_echoed = 0
+
+    @property
+    def playing(self) -> bool:
+        """True while audio we sent may still be playing to the caller."""
+        return bool(self._pending)
+
+    def new_segment(self) -> int:
+        self.segment += 1
+        self._sent_ms[self.segment] = 0.0
+        self._heard_ms[self.segment] = 0.0
+        return self.segment
+
+    def audio_sent(self, ms: float) -> None:
+        if not self._pending:
+            # Twilio's buffer is empty, so this audio starts playing about now.
+            self._anchor = (self.segment, self._sent_ms.get(self.segment, 0.0), self._clock())
+        self._sent_ms[self.segment] = self._sent_ms.get(self.segment, 0.0) + ms
+
+    def sent_ms(self, segment: int | None = None) -> float:
+        return self._sent_ms.get(self.segment if segment is None else segment, 0.0)
+
+    def next_mark(self) -> str:
+        """Register a mark covering everything sent so far and return its name."""
+        end_ms = self.sent_ms()
+        name = f"{self.segment}:{int(end_ms)}:{self.marks_sent}"
+        self._pending.append(_PendingMark(name, self.segment, end_ms))
+        self.marks_sent += 1
+        return name
+
+    async def on_mark(self, name: str) -> None:
+        """Twilio echoed ``name``: the audio before it has played (unless it was cleared)."""
+        self.marks_echoed += 1
+        if name in self._flushed:
+            self._flushed.discard(name)
+            return
+        while self._pending:
+            mark = self._pending.popleft()
+            if mark.name == name:
+                self._heard_ms[mark.segment] = mark.end_ms
+                self._anchor = (mark.segment, mark.end_ms, self._clock())
+                break
+        if not self._pending and self.on_idle is not None:
+            await self.on_idle()
+
+    def heard_ms(self, segment: int | None = None) -> float:
+        """Milliseconds of ``segment`` (default: the current one) the caller has heard by now."""
+        seg = self.segment if segment is None else segment
+        heard = self._heard_ms.get(seg, 0.0)
+        if self._anchor and self._anchor[0] == seg and any(m.segment == seg for m in self._pending):
+            _, ms, when = self._anchor
+            ceiling = next(m.end_ms for m in self._pending if m.segment == seg)
+            heard = max(heard, min(ms + (self._clock() - when) * 1000.0, ceiling))
+        return heard
+
+    def on_clear(self) -> float:
+        """A ``clear`` was sent: freeze what was heard; echoes of pending marks no longer mean played."""
+        heard = self.heard_ms()
+        self._heard_ms[self.segment] = heard
+        self._flushed.update(m.name for m in self._pending)
+        self._pending.clear()
+        self._anchor = None
+        return heard

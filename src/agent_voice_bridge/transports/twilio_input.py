@@ -1,0 +1,88 @@
+"""``twilio.input``: the call's audio, marks and key presses, read from Twilio's stream.
+
+The server has already read ``connected`` and ``start`` (it needs the call's facts
+to build the chain); this stage reads the rest. Mark echoes go to the call's
+playback tracker rather than down the chain, since they describe what the caller
+heard, not what they said. When the caller hangs up (``stop`` or a closed socket)
+it cancels the pipeline: there is nobody left to flush audio to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import CancelFrame, CancelWorkerFrame, EndFrame, Frame, InputDTMFFrame, StartFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side
+from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
+from agent_voice_bridge.processors.frames import InputMulawAudioFrame
+from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.twilio_protocol import Dtmf, Mark, Media, Stop
+
+
+class TwilioInput(Stage, FrameProcessor):
+    """Pushes ``InputMulawAudioFrame`` (20 ms of μ-law each) and ``InputDTMFFrame`` downstream."""
+
+    role = "source"
+
+    def __init__(self, *, call: CallInfo, **kwargs):
+        super().__init__(**kwargs)
+        if call.stream is None:
+            raise ValueError("twilio.input needs a call with a media stream")
+        self._call = call
+        self._stream = call.stream
+        self._reader: asyncio.Task | None = None
+
+    @classmethod
+    def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
+        return MULAW_8K
+
+    @classmethod
+    def create(cls, params: StageParams, ctx: StageContext) -> TwilioInput:
+        assert ctx.call is not None
+        return cls(call=ctx.call)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame) and self._reader is None:
+            self._reader = self.create_task(self._read_stream(), name="read_stream")
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._stop_reader()
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._stop_reader()
+
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            await self.cancel_task(reader)
+
+    async def _read_stream(self) -> None:
+        stream, playback = self._stream, self._call.playback
+        while True:
+            event = await stream.receive()
+            if isinstance(event, Media):
+                await self.push_frame(InputMulawAudioFrame(audio=event.payload))
+            elif isinstance(event, Mark):
+                await playback.on_mark(event.name)
+            elif isinstance(event, Dtmf):
+                await self._push_dtmf(event.digit)
+            elif event is None or isinstance(event, Stop):
+                break
+        reason = "caller hung up" if event is not None else "stream closed"
+        logger.info(f"call {self._call.call_sid}: {reason}")
+        self._reader = None
+        await self.push_frame(CancelWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
+
+    async def _push_dtmf(self, digit: str) -> None:
+        try:
+            entry = KeypadEntry(digit)
+        except ValueError:
+            logger.warning(f"call {self._call.call_sid}: ignoring unknown DTMF digit {digit!r}")
+            return
+        await self.push_frame(InputDTMFFrame(button=entry))

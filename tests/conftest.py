@@ -1,0 +1,109 @@
+"""Shared fixtures: real speech, a real uvicorn server on 127.0.0.1, and call helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from loguru import logger
+
+from agent_voice_bridge.pipelines.chain import Chain, build_chain
+from agent_voice_bridge.pipelines.loader import load_text
+from agent_voice_bridge.server import create_app
+from agent_voice_bridge.transports.simulated_caller import load_wav
+
+logger.remove()
+logger.add(sys.stderr, level="INFO", filter=lambda r: not r["name"].startswith("pipecat"))
+
+SPEECH_DIR = Path(__file__).parent / "fixtures" / "speech"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def speech(name: str) -> np.ndarray:
+    """A real human utterance as int16 at 8 kHz (file names are the transcripts)."""
+    return load_wav(SPEECH_DIR / f"{name}.wav")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving the real app in a thread with its own event loop."""
+
+    def __init__(self, yaml_text: str, path: str = "test.yaml"):
+        loaded = load_text(yaml_text, path)
+        self.chain: Chain = build_chain(loaded)
+        self.app = create_app(loaded.config, self.chain)
+        self.port = free_port()
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                ws="websockets-sansio", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.server.serve())
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/media-stream"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/incoming"
+
+    @property
+    def calls(self):
+        return self.app.state.calls
+
+    def call_tasks(self) -> list[str]:
+        """Names of tasks still running on the server loop that belong to a call's pipeline."""
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(_task_names(), self.loop)
+        return [n for n in future.result(5) if "::" in n or "call-" in n]
+
+    def wait_idle(self, finished: int = 0, timeout: float = 10.0) -> None:
+        """Wait until at least ``finished`` calls have ended and none is live (polling server state)."""
+        deadline = time.monotonic() + timeout
+        while self.calls.live or self.call_tasks() or self.calls.finished < finished:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"calls still live: {list(self.calls.live)}, tasks: {self.call_tasks()}")
+            time.sleep(0.05)
+
+
+async def _task_names() -> list[str]:
+    return [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+
+
+ECHO_YAML = (ROOT / "pipelines" / "echo.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[LiveServer]:
+    with LiveServer(ECHO_YAML, "pipelines/echo.yaml") as server:
+        yield server
