@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameProcessor
 
-from agent_voice_bridge.pipelines.chain import Chain, ResolvedStage
+from agent_voice_bridge.pipelines.chain import Chain, ResolvedStage, init_keywords
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -18,7 +16,7 @@ def build_processor(stage: ResolvedStage, call: CallInfo | None) -> FrameProcess
         return stage.cls.create(stage.params, ctx)
     kwargs = stage.param_dict()
     # A custom stage that wants the call's facts (caller number, <Parameter>s) asks for `call`.
-    if "call" in inspect.signature(stage.cls.__init__).parameters:
+    if "call" in init_keywords(stage.cls):
         kwargs["call"] = call
     return stage.cls(**kwargs)
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.pipelines.errors import ConfigError, where
-from agent_voice_bridge.pipelines.formats import AudioFormat, FormatMismatch, Side
+from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
 from agent_voice_bridge.pipelines.stage import Role, Stage
@@ -78,12 +78,24 @@ def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
 def _validate_params(cls: type, params: dict[str, Any]) -> BaseModel | dict[str, Any]:
     if issubclass(cls, Stage):
         return cls.Params.model_validate(params)
-    signature = inspect.signature(cls.__init__)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    unknown = [k for k in params if k not in signature.parameters and not accepts_any]
+    unknown = [k for k in params if k not in init_keywords(cls)]
     if unknown:
         raise TypeError(f"{cls.__name__} takes no parameter {', '.join(map(repr, unknown))}")
     return dict(params)
+
+
+def init_keywords(cls: type) -> set[str]:
+    """Keyword arguments a class accepts, following ``**kwargs`` up the MRO (pipecat passes them to its bases)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 def _format_validation(err: ValidationError) -> str:
@@ -127,6 +139,9 @@ def build_chain(loaded: LoadedConfig) -> Chain:
             problems.append(f"{at}: {exc}")
             continue
         role: Role = cls.role if issubclass(cls, Stage) else "transform"
+        if i == 0 and role != "source":
+            problems.append(f"{at}: the first stage must be twilio.input")
+            fmt = MULAW_8K  # check the rest as if it were there
         if role == "source" and i != 0:
             problems.append(f"{at}: {name} must be the first stage")
         if role == "sink" and i != len(entries) - 1:
@@ -146,8 +161,6 @@ def build_chain(loaded: LoadedConfig) -> Chain:
             side = "agent"
         stages.append(ResolvedStage(position, name, line, cls, params, role, stage_side, audio_in, fmt))
     if not problems:
-        if stages[0].role != "source":
-            problems.append(f"{where(path, stages[0].line, 1, stages[0].name)}: the first stage must be twilio.input")
         if stages[-1].role != "sink":
             last = stages[-1]
             problems.append(f"{where(path, last.line, last.position, last.name)}: the last stage must be twilio.output")

@@ -42,5 +42,27 @@ def expand(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[s
     return _VAR.sub(substitute, text), missing
 
 
-def has_variables(text: str) -> bool:
-    return bool(_VAR.search(text))
+_TOKEN = re.compile(r"VBENV(\d+)X")
+
+
+def shield(text: str) -> tuple[str, list[str]]:
+    """Replace each ``${...}`` with a plain token before parsing.
+
+    ``{`` is structure inside a YAML flow mapping, so ``{port: ${PORT:-8082}}`` would
+    not parse; the token is a plain word on the same line, so line numbers hold.
+    """
+    originals: list[str] = []
+
+    def token(match: re.Match[str]) -> str:
+        originals.append(match.group(0))
+        return f"VBENV{len(originals) - 1}X"
+
+    return _VAR.sub(token, text), originals
+
+
+def is_shielded(value: str) -> bool:
+    return bool(_TOKEN.search(value))
+
+
+def unshield(value: str, originals: list[str]) -> str:
+    return _TOKEN.sub(lambda m: originals[int(m.group(1))], value)

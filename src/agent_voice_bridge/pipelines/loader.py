@@ -62,6 +62,7 @@ def load_default(name: str = "echo.yaml", env: Mapping[str, str] | None = None) 
 
 
 def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    text, originals = envvars.shield(text)
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -76,7 +77,7 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError([f"{where(path, root.start_mark.line + 1)}: the top level must be a mapping"])
 
-    missing = _expand_node(root, (), loader, env)
+    missing = _expand_node(root, (), loader, env, originals)
     data: Any = yaml.SafeLoader("").construct_document(root)
     stage_lines = _pipeline_lines(root)
 
@@ -102,21 +103,21 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
 
 
 def _expand_node(node: yaml.Node, path: tuple[str | int, ...], loader: yaml.SafeLoader,
-                 env: Mapping[str, str] | None) -> list[envvars.MissingVariable]:
+                 env: Mapping[str, str] | None, originals: list[str]) -> list[envvars.MissingVariable]:
     missing: list[envvars.MissingVariable] = []
     if isinstance(node, yaml.ScalarNode):
-        if envvars.has_variables(node.value):
-            value, names = envvars.expand(node.value, env)
+        if envvars.is_shielded(node.value):
+            value, names = envvars.expand(envvars.unshield(node.value, originals), env)
             missing += [envvars.MissingVariable(n, node.start_mark.line + 1, path) for n in names]
             node.value = value
             if node.style is None:  # plain scalar: let `${PORT:-8082}` become an int like `8082` would
                 node.tag = loader.resolve(yaml.ScalarNode, value, (True, False)) if value else _STR_TAG
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            missing += _expand_node(item, path + (i,), loader, env)
+            missing += _expand_node(item, path + (i,), loader, env, originals)
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            missing += _expand_node(value, path + (str(key.value),), loader, env)
+            missing += _expand_node(value, path + (str(key.value),), loader, env, originals)
     return missing
 
 
