@@ -17,7 +17,9 @@ from loguru import logger
 
 from agent_voice_bridge.pipelines.chain import Chain, build_chain
 from agent_voice_bridge.pipelines.loader import load_text
+from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
 from agent_voice_bridge.server import create_app
+from agent_voice_bridge.serving import DrainingServer, uvicorn_config
 from agent_voice_bridge.transports.simulated_caller import load_wav
 
 logger.remove()
@@ -41,14 +43,14 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving the real app in a thread with its own event loop."""
 
-    def __init__(self, yaml_text: str, path: str = "test.yaml"):
-        loaded = load_text(yaml_text, path)
+    def __init__(self, yaml_text: str, path: str = "test.yaml", env: dict[str, str] | None = None,
+                 store: LimitStore | None = None, drain_seconds: float = 5.0):
+        loaded = load_text(yaml_text, path, env)
         self.chain: Chain = build_chain(loaded)
-        self.app = create_app(loaded.config, self.chain)
+        self.config = loaded.config
+        self.app = create_app(loaded.config, self.chain, store or MemoryLimitStore())
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws="websockets-sansio", lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port), drain_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 

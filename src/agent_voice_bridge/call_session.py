@@ -1,7 +1,8 @@
-"""Run one call: read Twilio's ``start``, build the chain's pipeline, run it to the end.
+"""Run one call: read Twilio's ``start``, check it, build the chain's pipeline, run it to the end.
 
 Everything a call owns (its pipeline, worker, tasks) lives and dies here, so an
-error in one call is logged and closes that call's socket only.
+error in one call is logged and closes that call's socket only. When the bridge
+itself ends a call (time limit, shutdown) the caller hears a short goodbye first.
 """
 
 from __future__ import annotations
@@ -14,68 +15,98 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
 
+from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
-from agent_voice_bridge.transports.twilio_stream import StreamClosed, TwilioMediaStream
+from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
 START_TIMEOUT_SECS = 10.0
-CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 
 
 @dataclass
+class LiveCall:
+    """A running call and the handle to end it from outside (shutdown, time limit)."""
+
+    info: CallInfo
+    worker: PipelineWorker | None = None
+    goodbye: bytes | None = None
+
+    async def end(self, goodbye: str, reason: str) -> None:
+        if self.goodbye is not None or self.worker is None:
+            return
+        logger.info(f"call {self.info.call_sid}: ending ({reason})")
+        self.goodbye = spoken(goodbye)
+        await self.worker.cancel(reason=reason)
+
+
+@dataclass
 class CallRegistry:
-    """Live calls in this process, for /healthz and for tests that check nothing is left."""
+    """Live calls in this process, for /healthz, shutdown, and tests that check nothing is left."""
 
-    live: dict[str, CallInfo] = field(default_factory=dict)
+    live: dict[str, LiveCall] = field(default_factory=dict)
     finished: int = 0
+    refused: int = 0
+
+    async def end_all(self, goodbye: str, reason: str) -> None:
+        await asyncio.gather(*(call.end(goodbye, reason) for call in list(self.live.values())))
 
 
-async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate) -> None:
+async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate,
+                   max_call_seconds: float) -> None:
     stream = TwilioMediaStream(websocket)
     try:
         start = await stream.wait_for_start(START_TIMEOUT_SECS)
     except (asyncio.TimeoutError, ProtocolError, StreamClosed) as exc:
         logger.warning(f"media stream refused before start: {exc or 'timed out'}")
-        await stream.close(CLOSE_POLICY_VIOLATION, "expected connected/start")
+        calls.refused += 1
+        await stream.close(CLOSE_POLICY, "expected connected/start")
         return
     refusal = await gate.check_stream(start)
     if refusal is not None:
         logger.warning(f"media stream {start.stream_sid} refused: {refusal}")
-        await stream.close(CLOSE_POLICY_VIOLATION, refusal)
+        calls.refused += 1
+        await stream.close(CLOSE_POLICY, refusal)
         return
     params = start.custom_parameters
-    call = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
+    info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream)
-    key = f"{call.call_sid}/{call.stream_sid}"
-    calls.live[key] = call
-    logger.info(f"call {call.call_sid}: started, stream {call.stream_sid}, from {call.caller or 'unknown'}")
+    live = LiveCall(info)
+    key = f"{info.call_sid}/{info.stream_sid}"
+    calls.live[key] = live
+    logger.info(f"call {info.call_sid}: started, stream {info.stream_sid}, from {info.caller or 'unknown'}")
+    limit = asyncio.get_running_loop().call_later(
+        max_call_seconds, lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached")))
     try:
-        await _run_pipeline(chain, call)
+        await _run_pipeline(chain, live)
+        if live.goodbye is not None:
+            await stream.say_goodbye(live.goodbye)
     except Exception as exc:  # one call's failure must not reach the server or other calls
-        logger.exception(f"call {call.call_sid}: pipeline failed: {exc}")
+        logger.exception(f"call {info.call_sid}: pipeline failed: {exc}")
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
+        limit.cancel()
         calls.live.pop(key, None)
         calls.finished += 1
+        await gate.call_ended(info.call_sid)
         await stream.close()
-        logger.info(f"call {call.call_sid}: ended")
+        logger.info(f"call {info.call_sid}: ended")
 
 
-async def _run_pipeline(chain: Chain, call: CallInfo) -> None:
-    pipeline = build_pipeline(chain, call)
-    worker = PipelineWorker(
+async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
+    pipeline = build_pipeline(chain, live.info)
+    live.worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
         enable_rtvi=False,
         enable_turn_tracking=False,
         idle_timeout_secs=None,
-        name=f"call-{call.call_sid}",
+        name=f"call-{live.info.call_sid}",
     )
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
-    await runner.add_workers(worker)
+    await runner.add_workers(live.worker)
     await runner.run()

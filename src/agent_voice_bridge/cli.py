@@ -46,10 +46,9 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from agent_voice_bridge.pipelines.chain import build_chain
-    from agent_voice_bridge.server import create_app
+    from agent_voice_bridge.server import CONFIG_ENV, create_app
+    from agent_voice_bridge.serving import serve
 
     try:
         loaded = load_config(args.config)
@@ -68,10 +67,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"*** OFFLINE ECHO LINE ({missing}): callers hear their own words back when they stop talking. "
               f"Try it: .venv/bin/voice-bridge call ws://{local}:{port}/media-stream --wav hello.wav "
               f"--out heard.wav ***", file=sys.stderr)
-    if not loaded.config.twilio.auth_token:
-        print("*** No Twilio auth token configured: webhook signature checks are OFF (local development) ***",
-              file=sys.stderr)
-    uvicorn.run(create_app(loaded.config, chain), host=host, port=port, log_level="warning", ws="websockets-sansio")
+    security = loaded.config.security
+    checks = security.check_signatures if security.check_signatures is not None else bool(
+        loaded.config.twilio.auth_token)
+    if not checks:
+        print("*** Twilio signature and stream-token checks are OFF (no twilio.auth_token): anyone who finds "
+              "this server can place calls. Fine for local development only. ***", file=sys.stderr)
+    drain = loaded.config.server.drain_seconds
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
+        os.environ["VOICE_BRIDGE_PORT"] = str(port)
+        serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
+              workers=args.workers)
+    else:
+        serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
+                         chain), host=host, port=port, drain_seconds=drain)
     return 0
 
 
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("-c", "--config", help="pipeline YAML (default ./pipeline.yaml, else the built-in echo line)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_cmd_serve)
 

@@ -1,68 +1,109 @@
 """The HTTP face of the bridge: ``POST /incoming`` (TwiML), ``WS /media-stream``, ``GET /healthz``.
 
 The server knows nothing about which stages exist: it holds one checked
-:class:`Chain` and builds a fresh pipeline from it for every call.
+:class:`Chain` and builds a fresh pipeline from it for every call. Every Twilio
+webhook goes through :meth:`verified_form` (the signature), every call through
+the :class:`CallGate` (policy, limits, stream token).
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response, WebSocket
+import os
+
+from fastapi import FastAPI, HTTPException, Request, Response, WebSocket
 from loguru import logger
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from agent_voice_bridge.call_session import CLOSE_POLICY_VIOLATION, CallRegistry, run_call
+from agent_voice_bridge.call_session import CallRegistry, run_call
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.security.limits import LimitStore, open_store
+from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 
 STREAM_PATH = "/media-stream"
+CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
 
 
-def stream_url(public_url: str | None, request: Request) -> str:
-    """The ``wss://`` URL Twilio should open: from ``server.public_url``, else from the request."""
-    base = public_url or str(request.base_url).rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://"):] + STREAM_PATH
-    return "ws://" + base.removeprefix("http://") + STREAM_PATH
-
-
-def connect_twiml(url: str, form: dict[str, str]) -> str:
+def connect_twiml(url: str, parameters: dict[str, str]) -> str:
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=url)
-    for name, field in (("caller", "From"), ("callee", "To"), ("callSid", "CallSid")):
-        if form.get(field):
-            stream.parameter(name=name, value=form[field])
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
     response.append(connect)
     return str(response)
 
 
-def create_app(config: BridgeConfig, chain: Chain) -> FastAPI:
-    app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None)
-    gate = CallGate(config)
+def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None) -> FastAPI:
+    app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None)
+    server = config.server
+    gate = CallGate(config, store or open_store(config.security.store, server.port))
     calls = CallRegistry()
     app.state.calls = calls
     app.state.chain = chain
+    app.state.gate = gate
+    app.state.draining = False
+
+    async def verified_form(request: Request) -> dict[str, str]:
+        """The webhook's form, after checking Twilio signed exactly this URL and these fields."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        url = public_url(request.url, request.headers, public_base=server.public_url, trust_proxy=server.trust_proxy)
+        if not gate.signature_ok(url, form, request.headers.get("x-twilio-signature")):
+            logger.warning(f"webhook {request.url.path}: bad or missing Twilio signature "
+                           f"(call {form.get('CallSid', '?')}, signed URL taken as {url})")
+            raise HTTPException(status_code=403, detail="invalid Twilio signature")
+        return form
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "live_calls": len(calls.live), "finished_calls": calls.finished,
+        return {"status": "draining" if app.state.draining else "ok", "live_calls": len(calls.live),
+                "finished_calls": calls.finished, "refused_streams": calls.refused, "pid": os.getpid(),
                 "pipeline": chain.source}
 
     @app.post("/incoming")
     async def incoming(request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        refusal = await gate.check_incoming(form)
+        if app.state.draining:
+            # 503 makes Twilio use the number's fallback URL (another instance).
+            return Response("shutting down", status_code=503)
+        form = await verified_form(request)
+        call_sid = form.get("CallSid", "")
+        refusal = await gate.admit(form)
         if refusal is not None:
-            logger.info(f"call {form.get('CallSid', '?')}: refused ({refusal.reason})")
+            logger.info(f"call {call_sid or '?'}: refused ({refusal.reason})")
             return Response(refusal.twiml, media_type="application/xml")
-        url = stream_url(config.server.public_url, request)
-        logger.info(f"call {form.get('CallSid', '?')}: incoming from {form.get('From', 'unknown')}, stream {url}")
-        return Response(connect_twiml(url, form), media_type="application/xml")
+        base = public_url(request.url, request.headers, public_base=server.public_url,
+                          trust_proxy=server.trust_proxy, websocket=True)
+        url = base.split("?")[0].removesuffix(request.url.path) + STREAM_PATH
+        parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
+                                                            ("callSid", "CallSid")) if form.get(field)}
+        parameters.update(gate.stream_parameters(call_sid))
+        logger.info(f"call {call_sid or '?'}: incoming from {form.get('From', 'unknown')}, stream {url}")
+        return Response(connect_twiml(url, parameters), media_type="application/xml")
 
     @app.websocket(STREAM_PATH)
     async def media_stream(websocket: WebSocket) -> None:
+        if gate.check_ws:
+            url = public_url(websocket.url, websocket.headers, public_base=server.public_url,
+                             trust_proxy=server.trust_proxy, websocket=True)
+            if not gate.signature_ok(url, {}, websocket.headers.get("x-twilio-signature")):
+                logger.warning(f"media stream handshake: bad or missing Twilio signature (URL taken as {url})")
+                calls.refused += 1
+                await websocket.close(code=CLOSE_POLICY)
+                return
         await websocket.accept()
-        await run_call(websocket, chain, calls, gate)
+        await run_call(websocket, chain, calls, gate, config.security.max_call_seconds)
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for ``serve --workers N``: each worker process loads the same file."""
+    from agent_voice_bridge.cli import load_config
+    from agent_voice_bridge.pipelines.chain import build_chain
+
+    loaded = load_config(os.environ.get(CONFIG_ENV) or None)
+    port = int(os.environ.get("VOICE_BRIDGE_PORT", loaded.config.server.port))
+    config = loaded.config.model_copy(update={"server": loaded.config.server.model_copy(update={"port": port})})
+    return create_app(config, build_chain(loaded))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -18,6 +18,11 @@ class ServerConfig(_Section):
         default=None,
         description="The https:// URL Twilio reaches this server at; the stream URL and signature checks use it.",
     )
+    trust_proxy: bool = Field(
+        default=False,
+        description="Rebuild the signed URL from X-Forwarded-Proto/-Host (only behind a proxy you run).",
+    )
+    drain_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long live calls may go on.")
 
     @field_validator("public_url")
     @classmethod
@@ -42,7 +47,30 @@ class RateLimit(_Section):
 
 class SecurityConfig(_Section):
     allowlist: list[str] = Field(default_factory=list, description="E.164 numbers allowed to call; empty = anyone.")
-    rate_limit: RateLimit | None = None
+    blocklist: list[str] = Field(default_factory=list, description="E.164 numbers always rejected.")
+    rate_limit: RateLimit | None = Field(default=None, description="Calls per caller per sliding window.")
+    max_concurrent_calls: int | None = Field(default=None, gt=0, description="Live calls across all workers.")
+    max_call_seconds: float = Field(default=3600.0, gt=0, description="A call is ended politely after this long.")
+    check_signatures: bool | None = Field(
+        default=None,
+        description="Twilio webhook signatures and per-call stream tokens; default: on when twilio.auth_token is set.",
+    )
+    check_ws_signature: bool = Field(
+        default=False, description="Also require X-Twilio-Signature on the media-stream handshake."
+    )
+    stream_token_seconds: float = Field(default=60.0, gt=0, description="How long a stream token is valid.")
+    store: str = Field(
+        default="sqlite",
+        description="Where limits live: 'memory' (one process), 'sqlite' or 'sqlite:///path' (one host), "
+        "'redis://host:port/db' (many hosts).",
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value in ("memory", "sqlite") or value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError("must be memory, sqlite, sqlite:///path or redis://host:port/db")
 
 
 class SeedAIConfig(BaseModel):
@@ -65,3 +93,9 @@ class BridgeConfig(_Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
+
+    @model_validator(mode="after")
+    def _checks_need_a_token(self) -> BridgeConfig:
+        if self.security.check_signatures and not self.twilio.auth_token:
+            raise ValueError("security.check_signatures is on but twilio.auth_token is empty")
+        return self

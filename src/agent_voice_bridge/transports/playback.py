@@ -34,6 +34,8 @@ class PlaybackTracker:
         self._pending: deque[_PendingMark] = deque()
         self._flushed: set[str] = set()
         self._anchor: tuple[int, float, float] | None = None  # (segment, ms heard, when)
+        self._idle = True  # nothing sent is waiting to be played
+        self._unmarked_ms = 0.0
         self.on_idle: Callable[[], Awaitable[None]] | None = None
         self.marks_sent = 0
         self.marks_echoed = 0
@@ -41,7 +43,7 @@ class PlaybackTracker:
     @property
     def playing(self) -> bool:
         """True while audio we sent may still be playing to the caller."""
-        return bool(self._pending)
+        return not self._idle
 
     def new_segment(self) -> int:
         self.segment += 1
@@ -50,10 +52,12 @@ class PlaybackTracker:
         return self.segment
 
     def audio_sent(self, ms: float) -> None:
-        if not self._pending:
-            # Twilio's buffer is empty, so this audio starts playing about now.
+        if self._idle:
+            # Twilio's buffer was empty, so this audio starts playing about now.
             self._anchor = (self.segment, self._sent_ms.get(self.segment, 0.0), self._clock())
+            self._idle = False
         self._sent_ms[self.segment] = self._sent_ms.get(self.segment, 0.0) + ms
+        self._unmarked_ms += ms
 
     def sent_ms(self, segment: int | None = None) -> float:
         return self._sent_ms.get(self.segment if segment is None else segment, 0.0)
@@ -64,6 +68,7 @@ class PlaybackTracker:
         name = f"{self.segment}:{int(end_ms)}:{self.marks_sent}"
         self._pending.append(_PendingMark(name, self.segment, end_ms))
         self.marks_sent += 1
+        self._unmarked_ms = 0.0
         return name
 
     async def on_mark(self, name: str) -> None:
@@ -72,14 +77,18 @@ class PlaybackTracker:
         if name in self._flushed:
             self._flushed.discard(name)
             return
+        if not any(m.name == name for m in self._pending):
+            return  # not ours (or a duplicate): it says nothing about our audio
         while self._pending:
             mark = self._pending.popleft()
             if mark.name == name:
                 self._heard_ms[mark.segment] = mark.end_ms
                 self._anchor = (mark.segment, mark.end_ms, self._clock())
                 break
-        if not self._pending and self.on_idle is not None:
-            await self.on_idle()
+        if not self._pending and not self._unmarked_ms:
+            self._idle = True
+            if self.on_idle is not None:
+                await self.on_idle()
 
     def heard_ms(self, segment: int | None = None) -> float:
         """Milliseconds of ``segment`` (default: the current one) the caller has heard by now."""
@@ -98,4 +107,6 @@ class PlaybackTracker:
         self._flushed.update(m.name for m in self._pending)
         self._pending.clear()
         self._anchor = None
+        self._idle = True
+        self._unmarked_ms = 0.0
         return heard

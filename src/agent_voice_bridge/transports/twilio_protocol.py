@@ -60,8 +60,8 @@ Event = Connected | Start | Media | Mark | Dtmf | Stop
 def parse_event(text: str | bytes) -> Event:
     try:
         msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("not a JSON object")
     kind = msg.get("event")
@@ -79,7 +79,7 @@ def parse_event(text: str | bytes) -> Event:
             return Stop()
         if kind == "connected":
             return Connected(str(msg.get("protocol", "Call")))
-    except (KeyError, TypeError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, binascii.Error) as exc:
         raise ProtocolError(f"malformed {kind!r} event: {exc.__class__.__name__} {exc}") from None
     raise ProtocolError(f"unknown event {kind!r}")
 

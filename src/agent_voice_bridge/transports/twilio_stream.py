@@ -1,8 +1,16 @@
-"""One Twilio media stream over a FastAPI/Starlette WebSocket."""
+"""One Twilio media stream over a FastAPI/Starlette WebSocket, guarded against hostile peers.
+
+Whoever holds this socket may not be Twilio. Malformed messages are logged and
+skipped (a peer that sends many is closed), binary frames close with 1003, a flood
+faster than real time or a second ``start`` is refused, and a silent peer times
+out; only this stream is affected, never the server or another call. Oversized
+messages are refused by the server's ``ws_max_size`` (1009).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -10,6 +18,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from agent_voice_bridge.transports.twilio_protocol import (
     Connected,
     Event,
+    Mark,
+    Media,
     OutboundMessages,
     ProtocolError,
     Start,
@@ -18,7 +28,13 @@ from agent_voice_bridge.transports.twilio_protocol import (
 )
 
 MAX_BAD_MESSAGES = 50
-"""A peer that keeps sending garbage is not Twilio: close instead of logging forever."""
+IDLE_SECONDS = 15.0
+"""Twilio sends media every 20 ms, silence included: this long with nothing means the peer is gone."""
+FLOOD_BURST_BYTES = 16000
+"""Audio may arrive up to 2 s ahead of the clock (network bunching) before it counts as a flood."""
+MAX_FRAME_BYTES = 65536
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
 
 
 class StreamClosed(Exception):
@@ -28,19 +44,26 @@ class StreamClosed(Exception):
 class TwilioMediaStream:
     """Receives parsed events and sends media/mark/clear; never raises for a closed peer on send."""
 
-    def __init__(self, websocket: WebSocket):
+    def __init__(self, websocket: WebSocket, idle_seconds: float = IDLE_SECONDS):
         self.ws = websocket
         self.start: Start | None = None
         self._out: OutboundMessages | None = None
         self._send_lock = asyncio.Lock()
+        self._idle_seconds = idle_seconds
+        self._media_bytes = 0
+        self._started_at = 0.0
         self.bad_messages = 0
         self.closed = False
+        self.close_reason = ""
 
     async def receive(self) -> Event | None:
-        """The next well-formed event, or None when the stream has ended (stop or disconnect)."""
+        """The next well-formed event, or None when the stream has ended (stop, disconnect or refusal)."""
         while not self.closed:
             try:
-                message = await self.ws.receive()
+                message = await asyncio.wait_for(self.ws.receive(), self._idle_seconds)
+            except asyncio.TimeoutError:
+                await self.close(CLOSE_POLICY, f"no message for {self._idle_seconds:g} s")
+                return None
             except (WebSocketDisconnect, RuntimeError):
                 self.closed = True
                 return None
@@ -49,18 +72,38 @@ class TwilioMediaStream:
                 return None
             text = message.get("text")
             if text is None:
-                text = message.get("bytes") or b""
+                await self.close(CLOSE_UNSUPPORTED, "binary frames are not Twilio media-stream messages")
+                return None
             try:
                 event = parse_event(text)
             except ProtocolError as exc:
-                self.bad_messages += 1
-                logger.warning(f"twilio stream: skipping bad message ({exc})")
-                if self.bad_messages >= MAX_BAD_MESSAGES:
-                    await self.close(1008, "too many malformed messages")
+                if await self._bad(str(exc)):
+                    return None
+                continue
+            if isinstance(event, Media):
+                if self._flooding(len(event.payload)):
+                    await self.close(CLOSE_POLICY, "audio arriving faster than real time")
+                    return None
+            elif isinstance(event, Start) and self.start is not None:
+                if await self._bad("second start event"):
                     return None
                 continue
             return event
         return None
+
+    async def _bad(self, problem: str) -> bool:
+        """Count a bad message; True if the stream was closed for it."""
+        self.bad_messages += 1
+        logger.warning(f"twilio stream: skipping bad message ({problem})")
+        if self.bad_messages >= MAX_BAD_MESSAGES:
+            await self.close(CLOSE_POLICY, "too many malformed messages")
+            return True
+        return False
+
+    def _flooding(self, size: int) -> bool:
+        self._media_bytes += size
+        allowed = (time.monotonic() - self._started_at) * 8000 + FLOOD_BURST_BYTES
+        return self._media_bytes > allowed
 
     async def wait_for_start(self, timeout: float = 10.0) -> Start:
         """Skip ``connected`` and return ``start``; anything else first is a protocol error."""
@@ -68,13 +111,14 @@ class TwilioMediaStream:
             while True:
                 event = await self.receive()
                 if event is None or isinstance(event, Stop):
-                    raise StreamClosed("stream ended before start")
+                    raise StreamClosed(self.close_reason or "stream ended before start")
                 if isinstance(event, Start):
                     return event
                 if not isinstance(event, Connected):
                     raise ProtocolError(f"expected start, got {type(event).__name__.lower()}")
 
         self.start = await asyncio.wait_for(first_start(), timeout)
+        self._started_at = time.monotonic()
         self._out = OutboundMessages(self.start.stream_sid)
         return self.start
 
@@ -97,8 +141,29 @@ class TwilioMediaStream:
             self.closed = True
             return False
 
+    async def say_goodbye(self, mulaw: bytes, timeout: float = 15.0) -> None:
+        """Drop whatever is queued at Twilio, play ``mulaw`` and wait until it has played.
+
+        Used when the bridge itself ends a call (shutdown, time limit, dead backend):
+        the caller hears why instead of a silent hang-up.
+        """
+        out = self.messages
+        name = "voice-bridge:goodbye"
+        if not (await self.send(out.clear()) and await self.send(out.media(mulaw)) and await self.send(out.mark(name))):
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                while (event := await self.receive()) is not None:
+                    if isinstance(event, Mark) and event.name == name or isinstance(event, Stop):
+                        return
+        except TimeoutError:
+            logger.warning("twilio stream: goodbye was not confirmed as played")
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed and reason:
+            logger.info(f"twilio stream: closing with {code} ({reason})")
         self.closed = True
+        self.close_reason = self.close_reason or reason
         if self.ws.application_state == WebSocketState.CONNECTED and self.ws.client_state != WebSocketState.DISCONNECTED:
             try:
                 await self.ws.close(code=code, reason=reason)

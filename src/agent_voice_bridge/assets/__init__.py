@@ -1,0 +1,12 @@
+"""Spoken lines the bridge plays by itself (see README.md here for what each says)."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+
+@cache
+def spoken(name: str) -> bytes:
+    """8 kHz μ-law audio of one of the committed lines: goodbye_restart, goodbye_time_limit, apology."""
+    return resources.files(__name__).joinpath(f"{name}.ulaw").read_bytes()

@@ -1,0 +1,117 @@
+"""The checks every webhook and media stream pass through, in one place.
+
+``/incoming``: Twilio's signature (403 if wrong), then the caller policy
+(blocklist/allowlist → ``<Reject>``, no charge), then the limits (per-caller rate,
+concurrent calls → a short ``<Say>`` and ``<Hangup/>``). The TwiML it answers
+carries a one-time stream token. ``/media-stream``: the handshake signature when
+configured, then the token on ``start`` before anything is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from loguru import logger
+from twilio.twiml.voice_response import VoiceResponse
+
+from agent_voice_bridge.pipelines.config import BridgeConfig
+from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
+from agent_voice_bridge.security.signatures import SignatureChecker
+from agent_voice_bridge.security.stream_tokens import PARAMETER, StreamTokens
+from agent_voice_bridge.transports.twilio_protocol import Start
+
+BUSY_MESSAGE = "Sorry, this line is busy right now. Please try again later. Goodbye."
+PENDING_CALL_SECONDS = 60.0
+"""A call admitted by /incoming holds its slot this long until its stream starts."""
+
+
+@dataclass
+class Refusal:
+    """Why a call was refused, and the TwiML that tells Twilio."""
+
+    reason: str
+    twiml: str
+
+
+def _reject() -> str:
+    response = VoiceResponse()
+    response.reject()
+    return str(response)
+
+
+def _busy() -> str:
+    response = VoiceResponse()
+    response.say(BUSY_MESSAGE)
+    response.hangup()
+    return str(response)
+
+
+def normalise_number(number: str) -> str:
+    """E.164-ish: keep digits, one leading +. "+1 (555) 010-0" and "15550100" match."""
+    digits = "".join(ch for ch in number if ch.isdigit())
+    return f"+{digits}" if digits else ""
+
+
+class CallGate:
+    def __init__(self, config: BridgeConfig, store: LimitStore | None = None):
+        security, token = config.security, config.twilio.auth_token
+        self.enforce = security.check_signatures if security.check_signatures is not None else bool(token)
+        self.check_ws = self.enforce and security.check_ws_signature
+        self._signatures = SignatureChecker(token) if token else None
+        self._tokens = StreamTokens(token, security.stream_token_seconds) if token else None
+        self._allow = {normalise_number(n) for n in security.allowlist}
+        self._block = {normalise_number(n) for n in security.blocklist}
+        self._rate = security.rate_limit
+        self._max_calls = security.max_concurrent_calls
+        self._max_call_seconds = security.max_call_seconds
+        self.store = store or MemoryLimitStore()
+
+    def signature_ok(self, url: str, params: Mapping[str, str], signature: str | None) -> bool:
+        if not self.enforce:
+            return True
+        assert self._signatures is not None
+        return self._signatures.valid(url, params, signature)
+
+    async def admit(self, form: Mapping[str, str]) -> Refusal | None:
+        caller = normalise_number(form.get("From", ""))
+        if caller in self._block:
+            return Refusal("caller is on the blocklist", _reject())
+        if self._allow and caller not in self._allow:
+            return Refusal("caller is not on the allowlist", _reject())
+        if self._rate and not await self.store.hit(f"caller:{caller}", self._rate.calls, self._rate.per_seconds):
+            return Refusal(f"rate limit: {self._rate.calls} calls per {self._rate.per_seconds:g} s", _busy())
+        call_sid = form.get("CallSid", "")
+        if self._max_calls and not await self.store.claim_call(call_sid, self._max_calls, PENDING_CALL_SECONDS):
+            return Refusal(f"{self._max_calls} concurrent calls already", _busy())
+        return None
+
+    def stream_parameters(self, call_sid: str) -> dict[str, str]:
+        """Extra ``<Parameter>``s for the TwiML: the one-time stream token when checks are on."""
+        if not self.enforce or not call_sid:
+            return {}
+        assert self._tokens is not None
+        return {PARAMETER: self._tokens.issue(call_sid)}
+
+    async def check_stream(self, start: Start) -> str | None:
+        """A reason to close the stream with 1008, or None to let the call in."""
+        if self.enforce:
+            assert self._tokens is not None
+            token = start.custom_parameters.get(PARAMETER)
+            problem = self._tokens.check(start.call_sid, token)
+            if problem:
+                return problem
+            assert token is not None
+            if not await self.store.use_once(token, self._tokens.expires_at(token)):
+                return "stream token already used"
+        if self._max_calls and not await self.store.claim_call(start.call_sid, self._max_calls,
+                                                               self._max_call_seconds + PENDING_CALL_SECONDS):
+            return f"{self._max_calls} concurrent calls already"
+        return None
+
+    async def call_ended(self, call_sid: str) -> None:
+        if self._max_calls:
+            try:
+                await self.store.release_call(call_sid)
+            except Exception as exc:  # the slot expires on its own; never fail a hang-up over it
+                logger.warning(f"call {call_sid}: could not release its slot ({exc.__class__.__name__})")

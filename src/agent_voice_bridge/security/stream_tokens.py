@@ -1,0 +1,51 @@
+"""One-time tokens that bind a media stream to the signed webhook that announced it.
+
+``/incoming`` (signed by Twilio) puts a token into the TwiML's ``<Parameter>``;
+Twilio hands it back in the stream's ``start``. The token is an HMAC over the call
+SID and an expiry, keyed with the auth token, so any worker or host can check it
+without shared state; "one-time" uses the limits store, which is shared anyway.
+Anyone who opens ``/media-stream`` without having gone through a signed
+``/incoming`` gets no pipeline and spends no AI budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+
+PARAMETER = "streamToken"
+
+
+class StreamTokens:
+    def __init__(self, secret: str, ttl_seconds: float, clock: Callable[[], float] = time.time):
+        self._key = hashlib.sha256(b"voice-bridge stream token\0" + secret.encode()).digest()
+        self._ttl = ttl_seconds
+        self._clock = clock
+
+    def _mac(self, call_sid: str, expires: int) -> str:
+        digest = hmac.new(self._key, f"{call_sid}\0{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
+
+    def issue(self, call_sid: str) -> str:
+        expires = int(self._clock() + self._ttl)
+        return f"{expires}.{self._mac(call_sid, expires)}"
+
+    def check(self, call_sid: str, token: str | None) -> str | None:
+        """None if the token is valid for ``call_sid`` now, else why not (for the log, never the token)."""
+        if not token:
+            return "no stream token"
+        expires_text, _, mac = token.partition(".")
+        if not expires_text.isdigit() or not mac:
+            return "malformed stream token"
+        expires = int(expires_text)
+        if not hmac.compare_digest(mac, self._mac(call_sid, expires)):
+            return "stream token does not match the call"
+        if expires < self._clock():
+            return "stream token expired"
+        return None
+
+    def expires_at(self, token: str) -> float:
+        return float(token.partition(".")[0] or 0)

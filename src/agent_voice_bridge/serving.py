@@ -1,0 +1,76 @@
+"""Running the app under uvicorn, with a shutdown that lets calls finish.
+
+uvicorn's own shutdown closes every WebSocket with 1012 at once: on a phone
+bridge that is every caller hung up mid-sentence. On SIGTERM this server first
+stops taking calls (``/incoming`` answers 503, so Twilio tries the number's
+fallback URL), lets live calls run for up to ``server.drain_seconds``, ends the
+rest with a spoken goodbye, and only then lets uvicorn exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from loguru import logger
+
+MAX_MESSAGE_BYTES = 65536
+"""Twilio's messages are a few hundred bytes; anything near this is not Twilio (closed with 1009)."""
+
+
+def uvicorn_config(app: FastAPI | str, host: str, port: int, **kwargs) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio",
+                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="off", **kwargs)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_seconds: float):
+        super().__init__(config)
+        self._drain_seconds = drain_seconds
+        self._draining: asyncio.Task | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self._app()
+        if self._draining is not None or app is None or sig == signal.SIGINT and self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = asyncio.get_event_loop().create_task(self._drain(app))
+
+    def _app(self) -> FastAPI | None:
+        app = self.config.loaded_app if self.config.loaded else None
+        while app is not None and not isinstance(app, FastAPI):
+            app = getattr(app, "app", None)
+        return app
+
+    async def _drain(self, app: FastAPI) -> None:
+        calls = app.state.calls
+        app.state.draining = True
+        logger.info(f"shutting down: refusing new calls, {len(calls.live)} live call(s) may run "
+                    f"{self._drain_seconds:g} s more")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_seconds
+        while calls.live and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if calls.live:
+            await calls.end_all("goodbye_restart", "server shutting down")
+            while calls.live and loop.time() < deadline + 20:
+                await asyncio.sleep(0.1)
+        logger.info(f"shutdown: pid {os.getpid()} drained")
+        self.should_exit = True
+
+
+def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1) -> None:
+    """One process, or ``workers`` processes sharing the port (``app`` must then be an import string)."""
+    config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str))
+    server = DrainingServer(config, drain_seconds)
+    if workers <= 1:
+        server.run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    Multiprocess(config, target=server.run, sockets=[sock]).run()
