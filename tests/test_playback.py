@@ -270,3 +270,27 @@ async def test_unknown_mark_echo_does_not_end_playback(rig: Rig):
     assert rig.idle_calls == []
     await rig.at(0.100).on_mark(real[0])
     assert p.heard_ms() == pytest.approx(100)
+
+
+async def test_clear_freezes_every_segment_still_playing(rig: Rig):
+    p = rig.tracker
+    p.new_segment()
+    first = rig.send(100, 100)  # segment 1: two marks, 200 ms
+    p.new_segment()
+    rig.send(100)  # segment 2 queued behind it
+    await rig.at(0.100).on_mark(first[0])
+    rig.at(0.150)
+    p.on_clear()
+    assert p.heard_ms(1) == pytest.approx(150)
+    assert p.heard_ms(2) == 0
+
+
+async def test_segment_queued_behind_another_starts_when_the_first_ends(rig: Rig):
+    p = rig.tracker
+    p.new_segment()
+    first = rig.send(100)
+    p.new_segment()
+    rig.send(100)
+    await rig.at(0.100).on_mark(first[0])
+    rig.at(0.140)
+    assert p.heard_ms(2) == pytest.approx(40)

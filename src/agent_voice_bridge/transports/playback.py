@@ -79,11 +79,15 @@ class PlaybackTracker:
             return
         if not any(m.name == name for m in self._pending):
             return  # not ours (or a duplicate): it says nothing about our audio
+        now = self._clock()
         while self._pending:
             mark = self._pending.popleft()
             if mark.name == name:
                 self._heard_ms[mark.segment] = mark.end_ms
-                self._anchor = (mark.segment, mark.end_ms, self._clock())
+                self._anchor = (mark.segment, mark.end_ms, now)
+                if self._pending and self._pending[0].segment != mark.segment:
+                    # That segment has fully played: the one queued behind it starts now.
+                    self._anchor = (self._pending[0].segment, 0.0, now)
                 break
         if not self._pending and not self._unmarked_ms:
             self._idle = True
@@ -102,8 +106,9 @@ class PlaybackTracker:
 
     def on_clear(self) -> float:
         """A ``clear`` was sent: freeze what was heard; echoes of pending marks no longer mean played."""
-        heard = self.heard_ms()
-        self._heard_ms[self.segment] = heard
+        for segment in {m.segment for m in self._pending} | {self.segment}:
+            self._heard_ms[segment] = self.heard_ms(segment)
+        heard = self._heard_ms.get(self.segment, 0.0)
         self._flushed.update(m.name for m in self._pending)
         self._pending.clear()
         self._anchor = None

@@ -86,15 +86,16 @@ def parse_event(text: str | bytes) -> Event:
 
 def _parse_start(msg: dict) -> Start:
     start = msg["start"]
-    fmt = start.get("mediaFormat") or {}
-    params = start.get("customParameters") or {}
-    if not isinstance(params, dict):
-        raise TypeError("customParameters is not an object")
+    fmt = start.get("mediaFormat", {})
+    params = start.get("customParameters", {})
+    tracks = start.get("tracks", ["inbound"])
+    if not isinstance(params, dict) or not isinstance(fmt, dict) or not isinstance(tracks, list):
+        raise TypeError("customParameters and mediaFormat must be objects, tracks a list")
     return Start(
         stream_sid=str(start.get("streamSid") or msg["streamSid"]),
         call_sid=str(start.get("callSid", "")),
         account_sid=str(start.get("accountSid", "")),
-        tracks=tuple(start.get("tracks") or ("inbound",)),
+        tracks=tuple(str(t) for t in tracks),
         custom_parameters={str(k): str(v) for k, v in params.items()},
         encoding=str(fmt.get("encoding", "audio/x-mulaw")),
         sample_rate=int(fmt.get("sampleRate", 8000)),
