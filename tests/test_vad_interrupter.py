@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
@@ -315,7 +317,8 @@ async def test_speech_while_agent_audible_interrupts_both_ways(rate: int):
     assert [kind for kind, _ in seen] == ["VADUserStartedSpeakingFrame", "InterruptionFrame"], seen
     assert seen[0][1] == seen[1][1]
     i = next(i for i, f in enumerate(down) if isinstance(f, VADUserStartedSpeakingFrame))
-    assert isinstance(down[i + 1], InterruptionFrame)
+    # The caller's turn starts, then the agent is interrupted.
+    assert [type(f) for f in down[i + 1 : i + 3]] == [UserStartedSpeakingFrame, InterruptionFrame]
     ups = [type(f) for f in up if isinstance(f, (VADUserStartedSpeakingFrame, InterruptionFrame))]
     assert ups == [VADUserStartedSpeakingFrame, InterruptionFrame]
 
@@ -443,3 +446,10 @@ async def test_instances_keep_separate_state_when_concurrent():
         await asyncio.gather(feed(ha, frames_a), feed(hb, frames_b))
     assert _detections(ha) == alone_a and len(alone_a) == 2
     assert _detections(hb) == alone_b and len(alone_b) == 2
+
+
+async def test_caller_turn_frames_bracket_each_utterance():
+    down, up = await run_test(VADInterrupter(sample_rate=8000), frames_to_send=_utterance_frames())
+    turns = [type(f).__name__ for f in down if isinstance(f, (UserStartedSpeakingFrame, UserStoppedSpeakingFrame))]
+    assert turns == ["UserStartedSpeakingFrame", "UserStoppedSpeakingFrame"]
+    assert count(up, UserStartedSpeakingFrame) == 1

@@ -11,7 +11,13 @@ then drops what it holds for the old turn and ``twilio.output`` sends ``clear``.
 from __future__ import annotations
 
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import BotStartedSpeakingFrame, BotStoppedSpeakingFrame, Frame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection
 from pydantic import Field
@@ -29,7 +35,7 @@ class VADInterrupterParams(StageParams):
 
 
 class VADInterrupter(Stage, VADProcessor):
-    """Pushes the VAD frames both ways, and an ``InterruptionFrame`` on barge-in."""
+    """Pushes the VAD frames and ``UserStarted/StoppedSpeakingFrame`` both ways, and an ``InterruptionFrame`` on barge-in."""
 
     Params = VADInterrupterParams
 
@@ -39,6 +45,7 @@ class VADInterrupter(Stage, VADProcessor):
         super().__init__(vad_analyzer=SharedSileroVADAnalyzer(sample_rate=sample_rate, params=params), **kwargs)
         self._agent_audible = False
         self._vad_controller.add_event_handler("on_speech_started", self._on_speech_started)
+        self._vad_controller.add_event_handler("on_speech_stopped", self._on_speech_stopped)
 
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -57,6 +64,12 @@ class VADInterrupter(Stage, VADProcessor):
         await super().process_frame(frame, direction)
 
     async def _on_speech_started(self, _controller) -> None:
+        # The chain has no turn aggregator, so the VAD's start is the caller's turn start
+        # (services that do their own turn handling, e.g. Gemini's activityStart, listen for it).
+        await self.broadcast_frame(UserStartedSpeakingFrame)
         if self._agent_audible:
             self._agent_audible = False
             await self.broadcast_interruption()
+
+    async def _on_speech_stopped(self, _controller) -> None:
+        await self.broadcast_frame(UserStoppedSpeakingFrame)
