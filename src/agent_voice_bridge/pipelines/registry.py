@@ -20,6 +20,8 @@ STAGES: dict[str, str] = {
     "vad.interrupter": "agent_voice_bridge.processors.vad_interrupter:VADInterrupter",
     "echo": "agent_voice_bridge.processors.echo:EchoLine",
     "loopback": "agent_voice_bridge.processors.loopback:Loopback",
+    "gemini.live": "agent_voice_bridge.services.gemini_live:GeminiLive",
+    "openai.realtime": "agent_voice_bridge.services.openai_realtime:OpenAIRealtime",
 }
 
 

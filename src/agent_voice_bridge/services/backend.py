@@ -1,0 +1,57 @@
+"""What the two speech-to-speech stages share: parameters, greeting, call facts."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Literal
+
+from pydantic import Field
+
+from agent_voice_bridge.pipelines.stage import StageContext, StageParams
+from agent_voice_bridge.services.templates import render
+
+TurnDetection = Literal["model", "local"]
+
+DEFAULT_INSTRUCTIONS = ("You are a helpful assistant on a phone call. Keep answers short and spoken, "
+                        "never use lists or markdown. The caller's number is {caller}; it is {local_time}.")
+
+
+class RealtimeParams(StageParams):
+    """Keys every speech-to-speech stage takes."""
+
+    api_key: str = Field(min_length=1, description="Secret: never logged.")
+    model: str | None = Field(default=None, description="Model name; the service's default when unset.")
+    voice: str | None = Field(default=None, description="Voice name.")
+    instructions: str = Field(default=DEFAULT_INSTRUCTIONS,
+                              description="System prompt; {caller}, {callee}, {call_sid}, {local_time} and "
+                              "any TwiML <Parameter> are filled in per call.")
+    greeting: str | None = Field(default=None, description="When set the AI speaks first, saying this "
+                                 "(a template like instructions).")
+    language: str = Field(default="en-US", description="BCP-47 language of the conversation.")
+    turn_detection: TurnDetection = Field(
+        default="model",
+        description="'model': the model's own voice detection decides turns and barge-in; 'local': "
+        "vad.interrupter in the chain does (the model is told when the caller starts and stops).")
+    base_url: str | None = Field(default=None, description="Endpoint override (proxies, tests).")
+    ca_file: str | None = Field(default=None, description="Extra CA certificate (PEM) to trust for base_url.")
+
+
+def facts_of(ctx: StageContext) -> dict[str, str]:
+    return ctx.call.facts() if ctx.call is not None else {}
+
+
+def rendered(template: str | None, ctx: StageContext) -> str | None:
+    return render(template, facts_of(ctx)) if template else None
+
+
+def greeting_prompt(greeting: str) -> str:
+    """The user turn that makes the model open the call with ``greeting``."""
+    return f"(The phone call has just connected. Greet the caller now by saying: {greeting})"
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
+    if not ca_file:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context

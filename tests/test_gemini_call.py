@@ -1,0 +1,103 @@
+"""gemini.live end to end: real server, simulated caller, pipecat's service and google-genai against the fake."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
+from conftest import ROOT, LiveServer, speech
+from fakes.gemini_live import FakeGeminiLive, GeminiScript
+
+
+def chain_yaml(fake: FakeGeminiLive, *, turn_detection: str, vad: bool = True, greeting: str | None = None) -> str:
+    lines = [
+        "pipeline:",
+        "  - twilio.input",
+        "  - mulaw.decode",
+        "  - resample: {rate: 16000}",
+    ]
+    if vad:
+        lines.append("  - vad.interrupter: {start_secs: 0.15, stop_secs: 0.5}")
+    lines += [
+        "  - gemini.live:",
+        "      api_key: test-key",
+        f"      base_url: {fake.base_url}",
+        "      api_version: v1beta",
+        f"      ca_file: {fake.ca_path}",
+        "      voice: Kore",
+        "      instructions: 'Caller {caller} called {callee} about {topic}.'",
+        f"      turn_detection: {turn_detection}",
+    ]
+    if greeting:
+        lines.append(f"      greeting: '{greeting}'")
+    lines += ["  - resample: {rate: 8000}", "  - mulaw.encode", "  - twilio.output"]
+    return "\n".join(lines) + "\n"
+
+
+def tone_level(pcm: np.ndarray) -> float:
+    """Share of the heard energy at 440 Hz (the fake's reply tone)."""
+    x = pcm.astype(np.float64)
+    if not np.any(x):
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / 8000)
+    band = (freqs > 420) & (freqs < 460)
+    return float(spectrum[band].sum() / spectrum.sum())
+
+
+async def test_greeting_first_then_speech_reaches_the_model_and_the_reply_the_caller() -> None:
+    async with FakeGeminiLive(script=GeminiScript()) as fake:
+        with LiveServer(chain_yaml(fake, turn_detection="local", greeting="Hi, you reached the test line.")) as server:
+            result = await run_call(
+                server.http_url,
+                [WaitHeard(after=0.0, timeout=10), WaitQuiet(idle=0.6), Say(speech("hello-world")), WaitQuiet(idle=0.8)],
+                from_number="+15550101010", to_number="+15550202020", custom_parameters={"topic": "billing"})
+        print(result.timeline())
+        session = await fake.session(0)
+        assert session.voice == "Kore"
+        system = str(session.setup.get("systemInstruction"))
+        assert "Caller +15550101010 called +15550202020 about billing." in system
+        assert session.automatic_activity_detection is False
+        # The greeting was asked for before the caller said anything, and it played first.
+        assert session.client_contents, "the greeting request"
+        assert "you reached the test line" in str(session.client_contents[0])
+        first_audio = result.events_of("audio_start")[0].t
+        assert first_audio < result.utterances[0][0]
+        # The caller's speech reached the model as 16 kHz PCM, inside activityStart/End.
+        assert session.audio_rates == {16000}
+        kinds = [a for a in session.activity]
+        assert "activityStart" in kinds and "activityEnd" in kinds
+        assert session.audio_ms() >= 800
+        # And the model's reply reached the caller after they stopped.
+        latency = result.reply_latencies()[0]
+        assert latency <= 1.5, latency
+        reply_start = int(result.events_of("audio_start")[-1].t * 8000)
+        assert tone_level(result.heard[reply_start : reply_start + 8000]) > 0.5
+        assert not session.protocol_errors
+
+
+async def test_model_turn_detection_barge_in_clears_the_line() -> None:
+    async with FakeGeminiLive(script=GeminiScript(reply_audio=None)) as fake:
+        yaml_text = chain_yaml(fake, turn_detection="model", vad=False)
+        with LiveServer(yaml_text) as server:
+            steps = [Pause(0.3), Say(speech("vm-goodbye")), WaitHeard(after=0.4), Say(speech("all-circuits-busy-now")),
+                     WaitQuiet(idle=0.8)]
+            result = await run_call(server.http_url, steps, custom_parameters={"topic": "x"})
+        print(result.timeline())
+        session = await fake.session(0)
+        assert session.automatic_activity_detection is not False
+        assert any(r.interrupted for r in session.replies), "the fake saw the barge-in and interrupted"
+        assert len(result.clears) == 1
+        assert result.stale_media_after_clear == 0
+        assert not session.protocol_errors
+
+
+def test_ready_gemini_chain_passes_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_voice_bridge.pipelines.chain import build_chain
+    from agent_voice_bridge.pipelines.loader import load_file
+
+    chain = build_chain(load_file(ROOT / "pipelines" / "gemini.yaml", {"GEMINI_API_KEY": "k"}))
+    gemini = next(s for s in chain.stages if s.name == "gemini.live")
+    assert (str(gemini.audio_in), str(gemini.audio_out)) == ("16 kHz PCM16", "24 kHz PCM16")
+    assert "api_key='***'" in gemini.describe()
