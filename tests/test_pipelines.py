@@ -154,7 +154,7 @@ def test_schema_lists_every_stage_and_its_parameters() -> None:
 
 def test_ready_chains_in_the_repo_pass_check() -> None:
     for path in sorted((ROOT / "pipelines").glob("*.yaml")):
-        build_chain(load_file(path, {}))
+        build_chain(load_file(path, {"GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k"}))
     build_chain(load_default("echo.yaml", {}))
     example = ROOT / "pipeline.yaml.example"
     build_chain(load_file(example, {}))
@@ -194,3 +194,25 @@ async def test_custom_stage_by_import_path_runs_in_a_call() -> None:
     assert result.reply_latencies()[0] <= 1.0, "the echo still works with the custom stages in the chain"
     frames = counting.SEEN["mine:+15550009999:16000"]
     assert frames >= 50, f"the custom stage saw {frames} frames of the caller's 16 kHz audio"
+
+
+def test_embedded_defaults_are_the_ready_chains() -> None:
+    defaults = ROOT / "src" / "agent_voice_bridge" / "defaults"
+    for name in ("echo.yaml", "gemini.yaml", "openai.yaml"):
+        assert (defaults / name).read_text() == (ROOT / "pipelines" / name).read_text(), name
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "echo.yaml"),
+    ({"OPENAI_API_KEY": "k"}, "openai.yaml"),
+    ({"GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k"}, "gemini.yaml"),
+])
+def test_serve_picks_the_backend_whose_key_is_set(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                  expected: str) -> None:
+    from agent_voice_bridge.cli import default_chain_name
+
+    for key in ("GEMINI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert default_chain_name() == expected

@@ -15,13 +15,21 @@ from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY")
 
 
+DEFAULT_CHAINS = (("GEMINI_API_KEY", "gemini.yaml"), ("OPENAI_API_KEY", "openai.yaml"))
+
+
+def default_chain_name() -> str:
+    """The built-in chain for whichever AI key is in the environment, else the offline echo line."""
+    return next((name for key, name in DEFAULT_CHAINS if os.environ.get(key)), "echo.yaml")
+
+
 def load_config(path: str | None) -> LoadedConfig:
-    """``-c FILE``, else ./pipeline.yaml, else the built-in echo line."""
+    """``-c FILE``, else ./pipeline.yaml, else the built-in chain for the AI key that is set."""
     if path:
         return load_file(path)
     if Path("pipeline.yaml").exists():
         return load_file("pipeline.yaml")
-    return load_default("echo.yaml")
+    return load_default(default_chain_name())
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -1,0 +1,145 @@
+"""``openai.realtime``: OpenAI's Realtime speech-to-speech model, through pipecat's service.
+
+Two audio modes. ``pcm``: 24 kHz PCM in and out, with the chain's resamplers
+around it. ``pcmu``: Twilio's μ-law passes straight through (``twilio.input →
+openai.realtime → twilio.output``): no decoding, resampling or encoding at all.
+pipecat's service always speaks 24 kHz PCM to its callers, so this stage carries
+μ-law in and out itself.
+
+On a barge-in the model's reply is truncated to what the caller actually heard
+according to Twilio's mark echoes (the call's playback tracker), not to the wall
+clock since the first audio arrived, so the model's memory matches the caller's.
+With ``turn_detection: model`` the server's VAD decides, and its
+``speech_started`` interrupts the line the same way a local VAD would.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from loguru import logger
+from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.openai.realtime import events
+from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+from pydantic import Field
+
+from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
+from agent_voice_bridge.pipelines.stage import Stage, StageContext
+from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
+from agent_voice_bridge.services.backend import RealtimeParams, greeting_prompt, rendered
+from agent_voice_bridge.transports.call_info import CallInfo
+
+PCM_RATE = 24000
+DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+
+
+class OpenAIRealtimeParams(RealtimeParams):
+    model: str | None = Field(default="gpt-realtime", description="Realtime model.")
+    voice: str | None = Field(default="marin", description="Voice (marin, cedar, alloy, …); fixed once it spoke.")
+    audio_format: Literal["pcm", "pcmu"] = Field(
+        default="pcm", description="'pcmu' takes and gives Twilio's 8 kHz μ-law directly.")
+    silence_ms: int = Field(default=500, ge=100, le=5000, description="Server VAD: silence that ends a turn.")
+
+
+class OpenAIRealtime(Stage, OpenAIRealtimeLLMService):
+    """pipecat's ``OpenAIRealtimeLLMService`` configured from YAML for one call."""
+
+    Params = OpenAIRealtimeParams
+    role = "responder"
+
+    def __init__(self, *, call: CallInfo | None = None, audio_format: str = "pcm", greeting: str | None = None,
+                 model_turns: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._call = call
+        self._mulaw = audio_format == "pcmu"
+        self._greeting = greeting
+        self._model_turns = model_turns
+        self._item_base_ms = 0.0
+        self._interrupted_items: set[str] = set()
+
+    @classmethod
+    def audio_out(cls, params: OpenAIRealtimeParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
+        if params.audio_format == "pcmu":
+            require(audio_in, encoding="mulaw", rates=(8000,))
+            return MULAW_8K
+        require(audio_in, encoding="pcm16", rates=(PCM_RATE,))
+        return pcm16(PCM_RATE)
+
+    @classmethod
+    def create(cls, params: OpenAIRealtimeParams, ctx: StageContext) -> OpenAIRealtime:
+        fmt = events.PCMUAudioFormat() if params.audio_format == "pcmu" else events.PCMAudioFormat()
+        turns = (events.TurnDetection(silence_duration_ms=params.silence_ms)
+                 if params.turn_detection == "model" else False)
+        session = events.SessionProperties(audio=events.AudioConfiguration(
+            input=events.AudioInput(format=fmt, turn_detection=turns),
+            output=events.AudioOutput(format=fmt, voice=params.voice)))
+        settings = cls.Settings(model=params.model, system_instruction=rendered(params.instructions, ctx),
+                                session_properties=session)
+        return cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
+                   call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),
+                   model_turns=params.turn_detection == "model")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if self._mulaw and isinstance(frame, InputMulawAudioFrame):
+            await self._send_mulaw(frame.audio)
+            return
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame) and self._greeting:
+            context = LLMContext(messages=[{"role": "user", "content": greeting_prompt(self._greeting)}])
+            await self._handle_context(context, FrameDirection.DOWNSTREAM)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        if self._mulaw and isinstance(frame, TTSAudioRawFrame):
+            frame = OutputMulawAudioFrame(audio=frame.audio)  # the session speaks μ-law; pipecat labels it PCM
+        await super().push_frame(frame, direction)
+
+    async def _send_mulaw(self, audio: bytes) -> None:
+        if self._audio_input_paused:
+            return
+        await self.send_client_event(events.InputAudioBufferAppendEvent(audio=base64.b64encode(audio).decode()))
+
+    def _calculate_audio_duration_ms(self, total_bytes: int, sample_rate: int = PCM_RATE,
+                                     bytes_per_sample: int = 2) -> int:
+        if self._mulaw:
+            return int(total_bytes / 8)
+        return super()._calculate_audio_duration_ms(total_bytes, sample_rate, bytes_per_sample)
+
+    async def _handle_evt_audio_delta(self, evt):
+        if evt.item_id in self._interrupted_items:
+            return  # streamed before the server saw the barge-in: the caller must never hear it
+        current = self._current_audio_response
+        if current is None:
+            self._item_base_ms = 0.0
+        elif current.item_id != evt.item_id:
+            # A second output item in the same reply plays after the first one.
+            self._item_base_ms += self._calculate_audio_duration_ms(current.total_size)
+        await super()._handle_evt_audio_delta(evt)
+
+    async def _handle_evt_speech_started(self, evt):
+        await super()._handle_evt_speech_started(evt)
+        if self._model_turns:
+            # No turn aggregator in the chain to act on the proposal: the server's VAD is the barge-in.
+            await self.broadcast_interruption()
+
+    async def _truncate_current_audio_response(self):
+        """Truncate the interrupted item to the milliseconds the caller heard (mark echoes)."""
+        current = self._current_audio_response
+        if current is None:
+            return
+        self._current_audio_response = None
+        self._interrupted_items.add(current.item_id)
+        duration = self._calculate_audio_duration_ms(current.total_size)
+        if self._call is not None:
+            heard = self._call.playback.heard_ms() - self._item_base_ms
+        else:
+            heard = duration
+        audio_end_ms = int(max(0.0, min(heard, duration)))
+        logger.debug(f"{self}: truncating {current.item_id} at {audio_end_ms} ms heard of {duration} ms")
+        try:
+            await self.send_client_event(events.ConversationItemTruncateEvent(
+                item_id=current.item_id, content_index=current.content_index, audio_end_ms=audio_end_ms))
+        except Exception as exc:  # a refused truncate must not end the call
+            logger.warning(f"{self}: truncation failed: {exc}")

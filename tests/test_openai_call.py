@@ -1,0 +1,83 @@
+"""openai.realtime end to end: real server, simulated caller, pipecat's service against the fake (GA events)."""
+
+from __future__ import annotations
+
+from agent_voice_bridge.pipelines.chain import build_chain
+from agent_voice_bridge.pipelines.loader import load_file
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
+from conftest import ROOT, LiveServer, speech
+from fakes.openai_realtime import FakeOpenAIRealtime
+
+
+def stage(fake: FakeOpenAIRealtime, **extra: str) -> list[str]:
+    lines = ["  - openai.realtime:", "      api_key: test-key", f"      base_url: {fake.url}", "      voice: cedar",
+             "      instructions: 'You are answering {callee} for {caller}.'"]
+    lines += [f"      {k}: {v}" for k, v in extra.items()]
+    return lines
+
+
+def pcm_chain(fake: FakeOpenAIRealtime, *, vad: bool = False, **extra: str) -> str:
+    head = ["pipeline:", "  - twilio.input", "  - mulaw.decode", "  - resample: {rate: 24000}"]
+    if vad:
+        head = ["pipeline:", "  - twilio.input", "  - mulaw.decode", "  - resample: {rate: 16000}",
+                "  - vad.interrupter: {start_secs: 0.15, stop_secs: 0.5}", "  - resample: {rate: 24000}"]
+    tail = ["  - resample: {rate: 8000}", "  - mulaw.encode", "  - twilio.output"]
+    return "\n".join(head + stage(fake, **extra) + tail) + "\n"
+
+
+def passthrough_chain(fake: FakeOpenAIRealtime, **extra: str) -> str:
+    return "\n".join(["pipeline:", "  - twilio.input", *stage(fake, audio_format="pcmu", **extra),
+                      "  - twilio.output"]) + "\n"
+
+
+async def test_pcm_greeting_speech_and_reply() -> None:
+    async with FakeOpenAIRealtime() as fake:
+        with LiveServer(pcm_chain(fake, greeting="'Hi from the test line.'")) as server:
+            result = await run_call(server.http_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.6),
+                                                      Say(speech("hello-world")), WaitQuiet(idle=0.8)],
+                                    from_number="+15551112222", to_number="+15553334444")
+        print(result.timeline())
+        session = fake.sessions[0]
+        assert session.config["instructions"] == "You are answering +15553334444 for +15551112222."
+        assert session.config["audio"]["output"]["voice"] == "cedar"
+        assert session.input_format == {"type": "audio/pcm", "rate": 24000}
+        assert result.events_of("audio_start")[0].t < result.utterances[0][0], "the greeting played first"
+        assert len(session.audio_in) >= 24000 * 2, "at least a second of the caller's 24 kHz audio"
+        assert result.reply_latencies()[0] <= 1.5
+        assert not session.errors
+
+
+async def test_pcmu_passthrough_needs_no_codec_and_truncates_to_what_was_heard() -> None:
+    async with FakeOpenAIRealtime() as fake:
+        with LiveServer(passthrough_chain(fake)) as server:
+            steps = [Pause(0.3), Say(speech("vm-goodbye")), WaitHeard(after=0.6), Say(speech("all-circuits-busy-now")),
+                     WaitQuiet(idle=0.8)]
+            result = await run_call(server.http_url, steps)
+        print(result.timeline())
+        session = fake.sessions[0]
+        assert session.input_format["type"] == session.output_format["type"] == "audio/pcmu"
+        assert len(session.audio_in_raw) >= 8000 * 2, "Twilio's μ-law bytes went through unchanged"
+        assert len(result.clears) == 1 and result.stale_media_after_clear == 0
+        truncation, = session.truncations
+        reply_start = next(e.t for e in result.events_of("audio_start") if e.t < result.clears[0])
+        heard_ms = (result.clears[0] - reply_start) * 1000
+        print(f"truncated at {truncation.audio_end_ms} ms; the simulated Twilio clock played {heard_ms:.0f} ms")
+        assert abs(truncation.audio_end_ms - heard_ms) <= 40, (truncation, heard_ms)
+        assert not session.truncate_errors and not session.errors
+
+
+async def test_local_turn_detection_commits_and_asks_for_the_reply() -> None:
+    async with FakeOpenAIRealtime() as fake:
+        with LiveServer(pcm_chain(fake, vad=True, turn_detection="local")) as server:
+            result = await run_call(server.http_url, [Pause(0.3), Say(speech("one-moment-please")), WaitQuiet(idle=0.8)])
+        session = fake.sessions[0]
+        assert session.config["audio"]["input"]["turn_detection"] is None
+        kinds = [e["type"] for e in session.events]
+        assert "input_audio_buffer.commit" in kinds and "response.create" in kinds
+        assert result.reply_latencies()[0] <= 1.5
+
+
+def test_ready_chains_pass_check() -> None:
+    chain = build_chain(load_file(ROOT / "pipelines" / "openai.yaml", {"OPENAI_API_KEY": "k"}))
+    assert [s.name for s in chain.stages] == ["twilio.input", "openai.realtime", "twilio.output"]
+    assert str(chain.stages[1].audio_in) == "8 kHz μ-law"
