@@ -56,7 +56,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from agent_voice_bridge.pipelines.chain import build_chain
     from agent_voice_bridge.server import CONFIG_ENV, create_app
-    from agent_voice_bridge.serving import serve
+    from agent_voice_bridge.serving import LOG_LEVEL_ENV, serve
 
     try:
         loaded = load_config(args.config)
@@ -83,6 +83,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               "this server can place calls. Fine for local development only. ***", file=sys.stderr)
     drain = loaded.config.server.drain_seconds
     if args.workers > 1:
+        os.environ[LOG_LEVEL_ENV] = args.log_level
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,

@@ -10,21 +10,26 @@ rest with a spoken goodbye, and only then lets uvicorn exit.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 from loguru import logger
 
+LOG_LEVEL_ENV = "VOICE_BRIDGE_LOG_LEVEL"
 MAX_MESSAGE_BYTES = 65536
 """Twilio's messages are a few hundred bytes; anything near this is not Twilio (closed with 1009)."""
 
 
 def uvicorn_config(app: FastAPI | str, host: str, port: int, **kwargs) -> uvicorn.Config:
+    # proxy_headers=False: uvicorn would otherwise take X-Forwarded-Proto from any local peer and change the
+    # URL a Twilio signature is checked against; only ``server.trust_proxy`` decides whether those headers count.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio",
-                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="off", **kwargs)
+                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="off", proxy_headers=False, **kwargs)
 
 
 class DrainingServer(uvicorn.Server):
@@ -66,11 +71,45 @@ class DrainingServer(uvicorn.Server):
 def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1) -> None:
     """One process, or ``workers`` processes sharing the port (``app`` must then be an import string)."""
     config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str))
-    server = DrainingServer(config, drain_seconds)
     if workers <= 1:
-        server.run()
+        DrainingServer(config, drain_seconds).run()
         return
-    from uvicorn.supervisors import Multiprocess
+    _run_workers(config, drain_seconds, workers)
 
+
+def _run_workers(config: uvicorn.Config, drain_seconds: float, workers: int) -> None:
+    """``workers`` spawned processes on one bound socket, each a :class:`DrainingServer`.
+
+    uvicorn's own supervisor builds a plain ``uvicorn.Server`` in every worker (and
+    its API changed across versions), which would hang up live calls on SIGTERM.
+    Here SIGTERM/SIGINT are passed on to every worker, so each drains its own calls.
+    """
     sock = config.bind_socket()
-    Multiprocess(config, target=server.run, sockets=[sock]).run()
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_worker, args=(config, drain_seconds, sock), name=f"voice-bridge-worker-{i}")
+                 for i in range(workers)]
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        logger.info(f"supervisor {os.getpid()}: workers {[p.pid for p in processes]}")
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+
+
+def _worker(config: uvicorn.Config, drain_seconds: float, sock: socket.socket) -> None:
+    import sys
+
+    logger.remove()  # a spawned process starts with loguru's defaults: apply the level `serve` was given
+    logger.add(sys.stderr, level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+    DrainingServer(config, drain_seconds).run(sockets=[sock])

@@ -44,12 +44,13 @@ class StreamClosed(Exception):
 class TwilioMediaStream:
     """Receives parsed events and sends media/mark/clear; never raises for a closed peer on send."""
 
-    def __init__(self, websocket: WebSocket, idle_seconds: float = IDLE_SECONDS):
+    def __init__(self, websocket: WebSocket, idle_seconds: float | None = None):
         self.ws = websocket
         self.start: Start | None = None
         self._out: OutboundMessages | None = None
         self._send_lock = asyncio.Lock()
-        self._idle_seconds = idle_seconds
+        # Read at construction, not as a default argument, so the module setting applies to every new stream.
+        self._idle_seconds = IDLE_SECONDS if idle_seconds is None else idle_seconds
         self._media_bytes = 0
         self._started_at = 0.0
         self.bad_messages = 0
