@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from loguru import logger
+from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
@@ -107,6 +108,14 @@ async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
         idle_timeout_secs=None,
         name=f"call-{live.info.call_sid}",
     )
+
+    @live.worker.event_handler("on_pipeline_error")
+    async def on_pipeline_error(worker: PipelineWorker, frame: ErrorFrame) -> None:
+        # A stage that can no longer do its job (the AI backend is gone): apologise and hang up,
+        # never leave the caller in dead air.
+        if frame.processor is not None and not frame.processor.is_usable:
+            asyncio.ensure_future(live.end("apology", f"{frame.processor} failed: {frame.error}"))
+
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
     await runner.add_workers(live.worker)
     await runner.run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Literal
 
+from loguru import logger
 from pydantic import Field
 
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
@@ -55,3 +56,23 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
     context = ssl.create_default_context()
     context.load_verify_locations(cafile=ca_file)
     return context
+
+
+class BackendWatch:
+    """Mixin for AI stages: report the loss of the model once, as the call's end.
+
+    pipecat's services log a dead session and keep going (Gemini) or push an error
+    for every audio frame they cannot send (OpenAI): either way the caller would sit
+    in dead air. A stage calls :meth:`backend_lost` instead; the error it pushes
+    marks the stage unusable, and the call session answers with a spoken apology
+    and a clean hang-up.
+    """
+
+    _backend_lost = False
+
+    async def backend_lost(self, reason: str) -> None:
+        if self._backend_lost:
+            return
+        self._backend_lost = True
+        logger.error(f"{self}: AI backend lost: {reason}")
+        await self.push_error(error_msg=f"AI backend lost: {reason}", force_treat_as_permanent=True)  # type: ignore[attr-defined]

@@ -14,12 +14,16 @@ from google.genai.types import HttpOptions
 from pipecat.frames.frames import Frame, StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.google.gemini_live.llm import GeminiLiveLLMService, GeminiVADParams
+from pipecat.services.google.gemini_live.llm import (
+    MAX_CONSECUTIVE_FAILURES,
+    GeminiLiveLLMService,
+    GeminiVADParams,
+)
 from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
-from agent_voice_bridge.services.backend import RealtimeParams, greeting_prompt, rendered, ssl_context
+from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, rendered, ssl_context
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
@@ -30,7 +34,7 @@ class GeminiLiveParams(RealtimeParams):
     api_version: str | None = Field(default=None, description="API version in the endpoint path (v1beta, v1alpha).")
 
 
-class GeminiLive(Stage, GeminiLiveLLMService):
+class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
     """pipecat's ``GeminiLiveLLMService`` configured from YAML for one call."""
 
     Params = GeminiLiveParams
@@ -75,3 +79,15 @@ class GeminiLive(Stage, GeminiLiveLLMService):
         if isinstance(frame, StartFrame):
             messages = [{"role": "user", "content": greeting_prompt(self._greeting)}] if self._greeting else []
             await self._handle_context(LLMContext(messages=messages))
+
+    async def _connection_task_handler(self, config):
+        # pipecat retries a dropped session with its resumption handle; what reaches here is a session
+        # that could not be opened at all, or one it gave up on.
+        try:
+            await super()._connection_task_handler(config)
+        except Exception as exc:
+            if not self._disconnecting:
+                await self.backend_lost(f"session failed: {exc}")
+            return
+        if not self._disconnecting and self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            await self.backend_lost("session closed and could not be resumed")

@@ -29,10 +29,15 @@ from pydantic import Field
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
-from agent_voice_bridge.services.backend import RealtimeParams, greeting_prompt, rendered
+from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, rendered
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
+RECOVERABLE_ERRORS = {
+    "response_cancel_not_active", "conversation_already_has_active_response", "input_audio_buffer_commit_empty",
+    "item_truncate_invalid_item_id", "invalid_value",
+}
+"""Error codes that concern one request, not the session: logged, and the call goes on."""
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
 
 
@@ -44,7 +49,7 @@ class OpenAIRealtimeParams(RealtimeParams):
     silence_ms: int = Field(default=500, ge=100, le=5000, description="Server VAD: silence that ends a turn.")
 
 
-class OpenAIRealtime(Stage, OpenAIRealtimeLLMService):
+class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
     """pipecat's ``OpenAIRealtimeLLMService`` configured from YAML for one call."""
 
     Params = OpenAIRealtimeParams
@@ -59,6 +64,7 @@ class OpenAIRealtime(Stage, OpenAIRealtimeLLMService):
         self._model_turns = model_turns
         self._item_base_ms = 0.0
         self._interrupted_items: set[str] = set()
+        self._recoverable_error = False
 
     @classmethod
     def audio_out(cls, params: OpenAIRealtimeParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -143,3 +149,35 @@ class OpenAIRealtime(Stage, OpenAIRealtimeLLMService):
                 item_id=current.item_id, content_index=current.content_index, audio_end_ms=audio_end_ms))
         except Exception as exc:  # a refused truncate must not end the call
             logger.warning(f"{self}: truncation failed: {exc}")
+
+    async def _receive_task_handler(self):
+        # pipecat stops reading at any server error; keep reading after one that concerned a single request.
+        while True:
+            self._recoverable_error = False
+            try:
+                await super()._receive_task_handler()
+            except Exception as exc:
+                reason = f"connection lost: {exc}"
+                break
+            if not self._recoverable_error:
+                reason = "connection closed"
+                break
+        if not self._disconnecting and not self._backend_lost:
+            await self.backend_lost(reason)
+
+    async def _handle_evt_error(self, evt):
+        if evt.error.code in RECOVERABLE_ERRORS:
+            logger.warning(f"{self}: {evt.error.code}: {evt.error.message}")
+            self._recoverable_error = True
+            return
+        await self.backend_lost(f"{evt.error.type} {evt.error.code}: {evt.error.message}")
+
+    async def _ws_send(self, realtime_message):
+        if self._backend_lost:
+            return  # one line in the log for a lost session, not one per audio frame
+        await super()._ws_send(realtime_message)
+
+    async def _connect(self):
+        await super()._connect()
+        if self._websocket is None and not self._backend_lost:
+            await self.backend_lost("could not connect")
