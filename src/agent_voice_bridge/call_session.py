@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from loguru import logger
+from twilio.rest import Client
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
@@ -19,29 +20,69 @@ from starlette.websockets import WebSocket
 from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
 START_TIMEOUT_SECS = 10.0
+HANG_UP_QUIET_SECS = 0.8
+"""After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
+HANG_UP_MAX_WAIT_SECS = 20.0
 CLOSE_INTERNAL_ERROR = 1011
 
 
 @dataclass
 class LiveCall:
-    """A running call and the handle to end it from outside (shutdown, time limit)."""
+    """A running call and the handles to end it from outside (shutdown, time limit, the AI's end_call)."""
 
     info: CallInfo
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
     worker: PipelineWorker | None = None
     goodbye: bytes | None = None
+    ending: bool = False
+    _hang_up_task: asyncio.Task | None = None
 
-    async def end(self, goodbye: str, reason: str) -> None:
-        if self.goodbye is not None or self.worker is None:
+    async def end(self, goodbye: str | None, reason: str) -> None:
+        """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
+        if self.ending or self.worker is None:
             return
+        self.ending = True
         logger.info(f"call {self.info.call_sid}: ending ({reason})")
-        self.goodbye = spoken(goodbye)
+        self.goodbye = spoken(goodbye) if goodbye else None
         await self.worker.cancel(reason=reason)
+
+    async def hang_up_after_playback(self, reason: str) -> None:
+        """The AI said goodbye: hang up once the caller has heard it (Twilio's marks say when)."""
+        if self._hang_up_task is None:
+            self._hang_up_task = asyncio.ensure_future(self._hang_up(reason))
+
+    async def _hang_up(self, reason: str) -> None:
+        loop, playback = asyncio.get_running_loop(), self.info.playback
+        deadline, quiet_since = loop.time() + HANG_UP_MAX_WAIT_SECS, None
+        while loop.time() < deadline:
+            if playback.playing:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= HANG_UP_QUIET_SECS:
+                break
+            await asyncio.sleep(0.05)
+        if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
+            await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)
+        await self.end(None, reason)
+
+
+def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
+    """Hang up through Twilio's REST API, so the call ends even if TwiML follows <Connect>."""
+    try:
+        client = Client(twilio.account_sid, twilio.auth_token)
+        if twilio.api_base_url:
+            client.api.base_url = twilio.api_base_url
+        client.calls(call_sid).update(status="completed")
+    except Exception as exc:  # closing the stream still ends the call
+        logger.warning(f"call {call_sid}: REST hang-up failed ({exc.__class__.__name__}); closing the stream")
 
 
 @dataclass
@@ -57,7 +98,7 @@ class CallRegistry:
 
 
 async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate,
-                   max_call_seconds: float) -> None:
+                   max_call_seconds: float, twilio: TwilioConfig | None = None) -> None:
     stream = TwilioMediaStream(websocket)
     try:
         start = await stream.wait_for_start(START_TIMEOUT_SECS)
@@ -76,7 +117,8 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream)
-    live = LiveCall(info)
+    live = LiveCall(info, twilio or TwilioConfig())
+    info.hang_up = live.hang_up_after_playback
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
     logger.info(f"call {info.call_sid}: started, stream {info.stream_sid}, from {info.caller or 'unknown'}")

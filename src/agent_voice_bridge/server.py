@@ -93,7 +93,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
                 await websocket.close(code=CLOSE_POLICY)
                 return
         await websocket.accept()
-        await run_call(websocket, chain, calls, gate, config.security.max_call_seconds)
+        await run_call(websocket, chain, calls, gate, config.security.max_call_seconds, config.twilio)
 
     return app
 

@@ -38,6 +38,7 @@ class TwilioConfig(_Section):
     account_sid: str = ""
     auth_token: str = Field(default="", description="Secret: never logged.")
     phone_number: str = ""
+    api_base_url: str | None = Field(default=None, description="Twilio REST API base URL (proxies, tests).")
 
 
 class RateLimit(_Section):

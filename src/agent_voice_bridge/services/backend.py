@@ -6,10 +6,14 @@ import ssl
 from typing import Literal
 
 from loguru import logger
-from pydantic import Field
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.services.llm_service import FunctionCallParams
+from pydantic import Field, field_validator
 
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services.templates import render
+from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
+from agent_voice_bridge.transports.call_info import CallInfo
 
 TurnDetection = Literal["model", "local"]
 
@@ -35,6 +39,25 @@ class RealtimeParams(StageParams):
         "vad.interrupter in the chain does (the model is told when the caller starts and stops).")
     base_url: str | None = Field(default=None, description="Endpoint override (proxies, tests).")
     ca_file: str | None = Field(default=None, description="Extra CA certificate (PEM) to trust for base_url.")
+    tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call.")
+    end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
+
+    @field_validator("tools")
+    @classmethod
+    def _importable(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            try:
+                import_tool(path)
+            except ToolError as exc:
+                raise ValueError(str(exc)) from None
+        return paths
+
+    def tool_set(self) -> list[Tool]:
+        return [import_tool(path) for path in self.tools]
+
+    def tools_schema(self) -> ToolsSchema | None:
+        schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
+        return ToolsSchema(standard_tools=schemas) if schemas else None
 
 
 def facts_of(ctx: StageContext) -> dict[str, str]:
@@ -76,3 +99,18 @@ class BackendWatch:
         self._backend_lost = True
         logger.error(f"{self}: AI backend lost: {reason}")
         await self.push_error(error_msg=f"AI backend lost: {reason}", force_treat_as_permanent=True)  # type: ignore[attr-defined]
+
+
+def register_tools(service, params: RealtimeParams, call: CallInfo | None) -> None:
+    """Give the service a handler for each declared tool, and for ``end_call``."""
+    for tool in params.tool_set():
+        service.register_function(tool.name, handler_for(tool))
+    if params.end_call:
+
+        async def end_call(args: FunctionCallParams) -> None:
+            reason = str(args.arguments.get("reason") or "the AI ended the call")
+            await args.result_callback({"result": "The line closes once the caller has heard your goodbye."})
+            if call is not None and call.hang_up is not None:
+                await call.hang_up(reason)
+
+        service.register_function(END_CALL, end_call)

@@ -23,7 +23,14 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
-from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, rendered, ssl_context
+from agent_voice_bridge.services.backend import (
+    BackendWatch,
+    RealtimeParams,
+    greeting_prompt,
+    register_tools,
+    rendered,
+    ssl_context,
+)
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
@@ -66,13 +73,16 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         context = ssl_context(params.ca_file)
         if context is not None:
             http["async_client_args"] = {"ssl": context}
-        return cls(
+        service = cls(
             api_key=params.api_key,
             system_instruction=rendered(params.instructions, ctx),
             settings=settings,
+            tools=params.tools_schema(),
             http_options=HttpOptions(**http) if http else None,
             greeting=rendered(params.greeting, ctx),
         )
+        register_tools(service, params, ctx.call)
+        return service
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)

@@ -29,7 +29,7 @@ from pydantic import Field
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
-from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, rendered
+from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, register_tools, rendered
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
@@ -81,21 +81,28 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                  if params.turn_detection == "model" else False)
         session = events.SessionProperties(audio=events.AudioConfiguration(
             input=events.AudioInput(format=fmt, turn_detection=turns),
-            output=events.AudioOutput(format=fmt, voice=params.voice)))
+            output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema())
         settings = cls.Settings(model=params.model, system_instruction=rendered(params.instructions, ctx),
                                 session_properties=session)
-        return cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
-                   call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),
-                   model_turns=params.turn_detection == "model")
+        service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
+                      call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),
+                      model_turns=params.turn_detection == "model")
+        register_tools(service, params, ctx.call)
+        return service
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if self._mulaw and isinstance(frame, InputMulawAudioFrame):
             await self._send_mulaw(frame.audio)
             return
         await super().process_frame(frame, direction)
-        if isinstance(frame, StartFrame) and self._greeting:
-            context = LLMContext(messages=[{"role": "user", "content": greeting_prompt(self._greeting)}])
-            await self._handle_context(context, FrameDirection.DOWNSTREAM)
+        if isinstance(frame, StartFrame):
+            if self._greeting:
+                context = LLMContext(messages=[{"role": "user", "content": greeting_prompt(self._greeting)}])
+                await self._handle_context(context, FrameDirection.DOWNSTREAM)
+            else:
+                # No context aggregator in the chain: an empty context lets tool results ask for the
+                # next response without making the model speak first.
+                self._context = LLMContext()
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         if self._mulaw and isinstance(frame, TTSAudioRawFrame):
@@ -149,6 +156,12 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                 item_id=current.item_id, content_index=current.content_index, audio_end_ms=audio_end_ms))
         except Exception as exc:  # a refused truncate must not end the call
             logger.warning(f"{self}: truncation failed: {exc}")
+
+    async def _handle_function_call_result(self, frame):
+        await super()._handle_function_call_result(frame)
+        if not frame.properties or frame.properties.is_final:
+            # pipecat leaves this to a context aggregator, which this chain does not have.
+            await self._create_response()
 
     async def _receive_task_handler(self):
         # pipecat stops reading at any server error; keep reading after one that concerned a single request.

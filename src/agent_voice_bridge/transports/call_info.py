@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ class CallInfo:
     started_at: float = field(default_factory=time.time)
     stream: TwilioMediaStream | None = None
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)
+    hang_up: Callable[[str], Awaitable[None]] | None = None
+    """End the call once what the caller is hearing has played (set by the call session)."""
 
     def facts(self) -> dict[str, str]:
         """Template values for instructions and greetings: every <Parameter> plus the basics."""

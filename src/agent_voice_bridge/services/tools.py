@@ -1,0 +1,117 @@
+"""Plain typed Python functions as tools for either model, plus the built-in ``end_call``.
+
+``tools: [package.module:function, ...]`` in YAML: each function's name, first
+docstring paragraph, typed parameters (and their ``Args:`` descriptions) become
+the function declaration the model sees. Sync functions run in a thread, so a slow
+one never blocks the call's audio. Signatures are checked when the chain is
+checked, not when the model first calls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import docstring_parser
+from loguru import logger
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.services.llm_service import FunctionCallParams
+
+END_CALL = "end_call"
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
+                               list: "array", dict: "object"}
+
+
+class ToolError(ValueError):
+    pass
+
+
+@dataclass
+class Tool:
+    name: str
+    function: Callable[..., Any]
+    schema: FunctionSchema
+
+
+def _json_type(annotation: Any, where: str) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        values = list(typing.get_args(annotation))
+        return {"type": _JSON_TYPES.get(type(values[0]), "string"), "enum": values}
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) == 1:
+            return _json_type(options[0], where)
+    if origin in (list, dict):
+        return {"type": _JSON_TYPES[origin]}
+    if annotation in _JSON_TYPES:
+        return {"type": _JSON_TYPES[annotation]}
+    raise ToolError(f"{where}: type {annotation!r} is not one a model can fill in (str, int, float, bool, "
+                    "list, dict, Literal[...], Optional[...])")
+
+
+def schema_for(function: Callable[..., Any], name: str | None = None) -> FunctionSchema:
+    name = name or function.__name__
+    doc = docstring_parser.parse(inspect.getdoc(function) or "")
+    described = {p.arg_name: p.description for p in doc.params}
+    hints = typing.get_type_hints(function)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for param in inspect.signature(function).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolError(f"tool {name}: *args/**kwargs cannot be described to a model")
+        if param.name not in hints:
+            raise ToolError(f"tool {name}: parameter {param.name!r} needs a type annotation")
+        prop = _json_type(hints[param.name], f"tool {name}, parameter {param.name!r}")
+        if described.get(param.name):
+            prop["description"] = described[param.name]
+        properties[param.name] = prop
+        if param.default is param.empty:
+            required.append(param.name)
+    description = " ".join(filter(None, [doc.short_description, doc.long_description])) or name
+    return FunctionSchema(name=name, description=description, properties=properties, required=required)
+
+
+def import_tool(path: str) -> Tool:
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ToolError(f"tool {path!r}: write package.module:function")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ToolError(f"tool {path!r}: {exc}") from None
+    if not callable(function):
+        raise ToolError(f"tool {path!r} is not a function")
+    return Tool(attr, function, schema_for(function))
+
+
+def end_call_schema() -> FunctionSchema:
+    return FunctionSchema(
+        name=END_CALL,
+        description="Hang up the phone call. Say a short goodbye first; the line is closed once the caller "
+        "has heard it. Use when the caller is done or asks to end the call.",
+        properties={"reason": {"type": "string", "description": "Why the call is ending."}},
+        required=[],
+    )
+
+
+def handler_for(tool: Tool) -> Callable[[FunctionCallParams], Awaitable[None]]:
+    """A pipecat handler running the plain function and returning its result to the model."""
+    async def handle(params: FunctionCallParams) -> None:
+        try:
+            if inspect.iscoroutinefunction(tool.function):
+                result = await tool.function(**params.arguments)
+            else:
+                result = await asyncio.to_thread(tool.function, **params.arguments)
+        except Exception as exc:  # the model hears that the tool failed; the call goes on
+            logger.warning(f"tool {tool.name} failed: {exc.__class__.__name__}: {exc}")
+            result = {"error": f"{exc.__class__.__name__}: {exc}"}
+        await params.result_callback(result if isinstance(result, (dict, list)) else {"result": result})
+
+    return handle
