@@ -115,3 +115,27 @@ async def test_end_call_hangs_up_after_the_goodbye_has_played(via_rest: bool, fa
         assert rest_calls == [{"account": "ACtest", "call": result.call_sid, "Status": "completed"}]
     else:
         assert rest_calls == []
+
+
+async def test_a_slow_tool_gets_the_model_talking_instead_of_dead_air() -> None:
+    user_tools.CALLS.clear()
+    async with FakeOpenAIRealtime(tool_call={"name": "slow_lookup", "arguments": {"order_id": "B2"}}) as fake:
+        with LiveServer(openai_chain(fake, tools="['stages.tools:slow_lookup']")) as server:
+            result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=3.5)])
+        session = fake.sessions[0]
+    print(result.timeline())
+    kinds = [e["type"] for e in session.events]
+    first_output = next(i for i, e in enumerate(session.events)
+                        if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output")
+    interim = [i for i, e in enumerate(session.events[:first_output])
+               if e["type"] == "conversation.item.create" and "running" in str(e["item"])]
+    assert interim, "the model was told the tool is still running before its result arrived"
+    assert "response.create" in kinds[interim[0]:first_output], "and asked to speak meanwhile"
+    assert "delayed" in str(session.function_outputs)
+    # The caller heard the model while the tool ran (it cannot return before offset + 0.5 s silence
+    # + SLOW_SECONDS), then the answer with the result: two 1.5 s replies.
+    offset = result.utterances[0][1]
+    first = next(e.t for e in result.events_of("audio_start") if e.t > offset)
+    assert first - offset < 0.5 + user_tools.SLOW_SECONDS, first - offset
+    heard_after = (abs(result.heard[int(offset * 8000):].astype(int)) > 0).sum() / 8000
+    assert heard_after >= 2.8, heard_after

@@ -26,3 +26,15 @@ async def book_callback(minutes: int) -> str:
 
 def untyped(thing):  # type: ignore[no-untyped-def]
     return thing
+
+
+async def slow_lookup(order_id: str) -> dict:
+    """Look up an order in a slow back office."""
+    import asyncio
+
+    CALLS.append(("slow_lookup", {"order_id": order_id}))
+    await asyncio.sleep(SLOW_SECONDS)
+    return {"order_id": order_id, "status": "delayed"}
+
+
+SLOW_SECONDS = 2.5

@@ -104,7 +104,7 @@ class BackendWatch:
 def register_tools(service, params: RealtimeParams, call: CallInfo | None) -> None:
     """Give the service a handler for each declared tool, and for ``end_call``."""
     for tool in params.tool_set():
-        service.register_function(tool.name, handler_for(tool))
+        service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)
     if params.end_call:
 
         async def end_call(args: FunctionCallParams) -> None:

@@ -159,9 +159,10 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
 
     async def _handle_function_call_result(self, frame):
         await super()._handle_function_call_result(frame)
-        if not frame.properties or frame.properties.is_final:
-            # pipecat leaves this to a context aggregator, which this chain does not have.
-            await self._create_response()
+        # pipecat leaves asking for the next response to a context aggregator, which this chain
+        # does not have. An intermediate result ("still running") gets a response too: the model
+        # tells the caller it is working on it instead of leaving dead air.
+        await self._create_response()
 
     async def _receive_task_handler(self):
         # pipecat stops reading at any server error; keep reading after one that concerned a single request.

@@ -21,9 +21,14 @@ from typing import Any, Literal
 import docstring_parser
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams
 
 END_CALL = "end_call"
+SLOW_TOOL_SECS = 1.0
+"""A tool still running after this long gets the model told so, to speak instead of leaving dead air."""
+STILL_RUNNING = {"status": "running",
+                 "note": "This is taking a moment. Tell the caller briefly that you are working on it."}
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
                                list: "array", dict: "object"}
 
@@ -101,17 +106,31 @@ def end_call_schema() -> FunctionSchema:
     )
 
 
-def handler_for(tool: Tool) -> Callable[[FunctionCallParams], Awaitable[None]]:
-    """A pipecat handler running the plain function and returning its result to the model."""
+async def _run(tool: Tool, arguments: dict[str, Any]) -> Any:
+    try:
+        if inspect.iscoroutinefunction(tool.function):
+            result = await tool.function(**arguments)
+        else:
+            result = await asyncio.to_thread(tool.function, **arguments)
+    except Exception as exc:  # the model hears that the tool failed; the call goes on
+        logger.warning(f"tool {tool.name} failed: {exc.__class__.__name__}: {exc}")
+        result = {"error": f"{exc.__class__.__name__}: {exc}"}
+    return result if isinstance(result, (dict, list)) else {"result": result}
+
+
+def handler_for(tool: Tool, slow_after: float = SLOW_TOOL_SECS) -> Callable[[FunctionCallParams], Awaitable[None]]:
+    """A pipecat handler running the plain function and returning its result to the model.
+
+    Registered as an asynchronous call (``cancel_on_interruption=False``), so when the
+    function is slow the model first gets an intermediate "still running" result and
+    can say so to the caller, then the real result when it arrives.
+    """
     async def handle(params: FunctionCallParams) -> None:
-        try:
-            if inspect.iscoroutinefunction(tool.function):
-                result = await tool.function(**params.arguments)
-            else:
-                result = await asyncio.to_thread(tool.function, **params.arguments)
-        except Exception as exc:  # the model hears that the tool failed; the call goes on
-            logger.warning(f"tool {tool.name} failed: {exc.__class__.__name__}: {exc}")
-            result = {"error": f"{exc.__class__.__name__}: {exc}"}
-        await params.result_callback(result if isinstance(result, (dict, list)) else {"result": result})
+        running = asyncio.ensure_future(_run(tool, params.arguments))
+        done, _ = await asyncio.wait({running}, timeout=slow_after)
+        if not done:
+            logger.info(f"tool {tool.name} still running after {slow_after:g} s: telling the model")
+            await params.result_callback(STILL_RUNNING, properties=FunctionCallResultProperties(is_final=False))
+        await params.result_callback(await running)
 
     return handle
