@@ -81,3 +81,29 @@ async def test_gemini_go_away_resumes_the_session_and_the_conversation() -> None
     latencies = result.reply_latencies()
     assert len(latencies) == 2 and max(latencies) <= 1.0, latencies
     assert not result.events_of("closed")[-1].detail.endswith("by server")
+
+
+async def test_openai_session_limit_ends_the_call_politely() -> None:
+    from agent_voice_bridge.services import openai_realtime
+
+    async with FakeOpenAIRealtime() as fake:
+        yaml_text = openai_chain(fake, session_limit_secs=str(openai_realtime.SESSION_LIMIT_MARGIN_SECS + 2))
+        with LiveServer(yaml_text) as server:
+            result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=8.0, timeout=20)])
+    print(result.timeline())
+    goodbye = mulaw.decode_array(spoken("goodbye_time_limit")).astype(np.float64)
+    heard = result.heard.astype(np.float64)
+    probe = goodbye[4000:12000]
+    corr = np.correlate(heard, probe, mode="valid")
+    at = int(np.argmax(corr))
+    assert np.allclose(heard[at : at + len(probe)], probe, atol=1), "the time-limit goodbye was played"
+    assert 1.5 <= at / 8000 <= 4.0, "about two seconds in (limit minus the margin)"
+    assert result.events_of("closed")[-1].detail.endswith("by server")
+
+
+async def test_gemini_asks_for_context_compression() -> None:
+    async with FakeGeminiLive(script=GeminiScript()) as fake:
+        with LiveServer(gemini_chain(fake, turn_detection="model", vad=False)) as server:
+            await run_call(server.ws_url, [Pause(0.5)])
+        session = await fake.session(0)
+    assert "contextWindowCompression" in session.setup, "unbounded session length"

@@ -119,6 +119,7 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
                     callee=params.get("callee", ""), parameters=params, stream=stream)
     live = LiveCall(info, twilio or TwilioConfig())
     info.hang_up = live.hang_up_after_playback
+    info.end = live.end
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
     logger.info(f"call {info.call_sid}: started, stream {info.stream_sid}, from {info.caller or 'unknown'}")

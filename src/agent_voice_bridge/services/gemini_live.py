@@ -58,7 +58,9 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
 
     @classmethod
     def create(cls, params: GeminiLiveParams, ctx: StageContext) -> GeminiLive:
-        settings = cls.Settings(language=params.language)
+        # Compression lifts the ~15 min audio-session limit; connection resets (goAway, ~10 min) are
+        # resumed by pipecat with the session-resumption handle.
+        settings = cls.Settings(language=params.language, context_window_compression={"enabled": True})
         if params.model:
             settings.model = params.model if params.model.startswith("models/") else f"models/{params.model}"
         if params.voice:

@@ -15,6 +15,7 @@ With ``turn_detection: model`` the server's VAD decides, and its
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, gr
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
+SESSION_LIMIT_MARGIN_SECS = 15.0
 RECOVERABLE_ERRORS = {
     "response_cancel_not_active", "conversation_already_has_active_response", "input_audio_buffer_commit_empty",
     "item_truncate_invalid_item_id", "invalid_value",
@@ -47,6 +49,9 @@ class OpenAIRealtimeParams(RealtimeParams):
     audio_format: Literal["pcm", "pcmu"] = Field(
         default="pcm", description="'pcmu' takes and gives Twilio's 8 kHz μ-law directly.")
     silence_ms: int = Field(default=500, ge=100, le=5000, description="Server VAD: silence that ends a turn.")
+    session_limit_secs: float = Field(
+        default=1800, gt=0, description="OpenAI closes a session after 30 minutes: the call is ended politely "
+        "(a spoken goodbye) 15 s before, instead of cut off.")
 
 
 class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
@@ -56,7 +61,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
     role = "responder"
 
     def __init__(self, *, call: CallInfo | None = None, audio_format: str = "pcm", greeting: str | None = None,
-                 model_turns: bool = True, **kwargs: Any):
+                 model_turns: bool = True, session_limit_secs: float = 1800, **kwargs: Any):
         super().__init__(**kwargs)
         self._call = call
         self._mulaw = audio_format == "pcmu"
@@ -65,6 +70,8 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         self._item_base_ms = 0.0
         self._interrupted_items: set[str] = set()
         self._recoverable_error = False
+        self._session_limit_secs = session_limit_secs
+        self._session_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def audio_out(cls, params: OpenAIRealtimeParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -86,7 +93,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                                 session_properties=session)
         service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
                       call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),
-                      model_turns=params.turn_detection == "model")
+                      model_turns=params.turn_detection == "model", session_limit_secs=params.session_limit_secs)
         register_tools(service, params, ctx.call)
         return service
 
@@ -96,6 +103,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
+            self._schedule_polite_end()
             if self._greeting:
                 context = LLMContext(messages=[{"role": "user", "content": greeting_prompt(self._greeting)}])
                 await self._handle_context(context, FrameDirection.DOWNSTREAM)
@@ -103,6 +111,19 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                 # No context aggregator in the chain: an empty context lets tool results ask for the
                 # next response without making the model speak first.
                 self._context = LLMContext()
+
+    def _schedule_polite_end(self) -> None:
+        call = self._call
+        if call is None or call.end is None:
+            return
+        delay = max(self._session_limit_secs - SESSION_LIMIT_MARGIN_SECS, 0.0)
+        self._session_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(call.end("goodbye_time_limit", "OpenAI session limit")))
+
+    async def cleanup(self):
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        await super().cleanup()
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         if self._mulaw and isinstance(frame, TTSAudioRawFrame):

@@ -28,6 +28,8 @@ class CallInfo:
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)
     hang_up: Callable[[str], Awaitable[None]] | None = None
     """End the call once what the caller is hearing has played (set by the call session)."""
+    end: Callable[[str | None, str], Awaitable[None]] | None = None
+    """End the call now, playing one of the committed goodbyes (name, reason) first."""
 
     def facts(self) -> dict[str, str]:
         """Template values for instructions and greetings: every <Parameter> plus the basics."""
