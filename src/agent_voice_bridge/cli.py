@@ -67,13 +67,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = loaded.config.server
     host = args.host or server.host
     port = args.port or server.port
+    tls = server.tls
+    if tls is not None:  # say which file, before uvicorn fails with a bare traceback
+        for what, file in (("cert", tls.cert), ("key", tls.key)):
+            if not os.access(file, os.R_OK):
+                print(f"{loaded.path}: server.tls.{what}: cannot read {file!r}", file=sys.stderr)
+                return 1
+    http, ws = ("https", "wss") if tls else ("http", "ws")
     names = [s.name for s in chain.stages]
-    print(f"voice-bridge: serving {loaded.path} on http://{host}:{port} ({' → '.join(names)})", file=sys.stderr)
+    print(f"voice-bridge: serving {loaded.path} on {http}://{host}:{port} ({' → '.join(names)})", file=sys.stderr)
     if "echo" in names:
         missing = "no AI key" if not any(os.environ.get(k) for k in AI_KEYS) else "the echo chain"
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"*** OFFLINE ECHO LINE ({missing}): callers hear their own words back when they stop talking. "
-              f"Try it: .venv/bin/voice-bridge call ws://{local}:{port}/media-stream --wav hello.wav "
+              f"Try it: .venv/bin/voice-bridge call {ws}://{local}:{port}/media-stream --wav hello.wav "
               f"--out heard.wav ***", file=sys.stderr)
     security = loaded.config.security
     checks = security.check_signatures if security.check_signatures is not None else bool(
@@ -87,10 +94,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
-              workers=args.workers)
+              workers=args.workers, tls=tls)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
-                         chain), host=host, port=port, drain_seconds=drain)
+                         chain), host=host, port=port, drain_seconds=drain, tls=tls)
     return 0
 
 

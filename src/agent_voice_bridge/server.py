@@ -79,6 +79,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
                                                             ("callSid", "CallSid")) if form.get(field)}
         parameters.update(gate.stream_parameters(call_sid))
+        chain.connect_early(call_sid)
         logger.info(f"call {call_sid or '?'}: incoming from {form.get('From', 'unknown')}, stream {url}")
         return Response(connect_twiml(url, parameters), media_type="application/xml")
 

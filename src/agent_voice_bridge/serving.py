@@ -20,6 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 from loguru import logger
 
+from agent_voice_bridge.pipelines.config import TlsConfig
+
 LOG_LEVEL_ENV = "VOICE_BRIDGE_LOG_LEVEL"
 MAX_MESSAGE_BYTES = 65536
 """Twilio's messages are a few hundred bytes; anything near this is not Twilio (closed with 1009)."""
@@ -68,9 +70,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1) -> None:
-    """One process, or ``workers`` processes sharing the port (``app`` must then be an import string)."""
-    config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str))
+def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1,
+          tls: TlsConfig | None = None) -> None:
+    """One process, or ``workers`` processes sharing the port (``app`` must then be an import string).
+
+    With ``tls`` (``server.tls``) uvicorn itself speaks https:// and wss:// with that certificate.
+    """
+    tls_files = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key} if tls is not None else {}
+    config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str), **tls_files)
     if workers <= 1:
         DrainingServer(config, drain_seconds).run()
         return

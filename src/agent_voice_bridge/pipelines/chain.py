@@ -57,6 +57,12 @@ class Chain:
     def describe(self) -> str:
         return "\n".join(s.describe() for s in self.stages)
 
+    def connect_early(self, call_sid: str) -> None:
+        """Let stages open their remote connections while Twilio sets up the stream."""
+        for stage in self.stages:
+            if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
+                stage.cls.connect_early(stage.params, call_sid)
+
 
 def is_secret(name: str) -> bool:
     return any(word in name.lower() for word in SECRET_WORDS)

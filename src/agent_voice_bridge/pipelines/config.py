@@ -11,6 +11,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsConfig(_Section):
+    cert: str = Field(description="PEM certificate (chain) file; the server then speaks https:// and wss://.")
+    key: str = Field(description="PEM private key file of the certificate (keep it readable by the server only).")
+
+
 class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = 8082
@@ -23,6 +28,9 @@ class ServerConfig(_Section):
         description="Rebuild the signed URL from X-Forwarded-Proto/-Host (only behind a proxy you run).",
     )
     drain_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long live calls may go on.")
+    tls: TlsConfig | None = Field(
+        default=None, description="Serve TLS directly (https://, wss://) with this certificate, without a proxy."
+    )
 
     @field_validator("public_url")
     @classmethod

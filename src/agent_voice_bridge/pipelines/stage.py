@@ -56,3 +56,8 @@ class Stage:
     def create(cls, params: StageParams, ctx: StageContext) -> Any:
         """Build the processor for one call."""
         return cls(**params.model_dump())
+
+    @classmethod
+    def connect_early(cls, params: StageParams, call_sid: str) -> None:
+        """Called from ``/incoming``: start connecting to a remote service for this call, if useful."""
+        return None

@@ -20,6 +20,8 @@ import base64
 from typing import Any, Literal
 
 from loguru import logger
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.protocol import State
 from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -30,6 +32,7 @@ from pydantic import Field
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
+from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, register_tools, rendered
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -212,7 +215,20 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             return  # one line in the log for a lost session, not one per audio frame
         await super()._ws_send(realtime_message)
 
+    @classmethod
+    def connect_early(cls, params: OpenAIRealtimeParams, call_sid: str) -> None:
+        url = f"{params.base_url or DEFAULT_URL}?model={params.model}"
+        headers = {"Authorization": f"Bearer {params.api_key}"}
+        early.open_early(call_sid, "openai.realtime", lambda: websocket_connect(uri=url, additional_headers=headers),
+                         lambda ws: ws.close())
+
     async def _connect(self):
+        if self._websocket is None and self._call is not None:
+            websocket = await early.claim(self._call.call_sid, "openai.realtime")
+            if websocket is not None and websocket.state is State.OPEN:
+                self._websocket = websocket
+                self._receive_task = self.create_task(self._receive_task_handler())
+                return
         await super()._connect()
         if self._websocket is None and not self._backend_lost:
             await self.backend_lost("could not connect")

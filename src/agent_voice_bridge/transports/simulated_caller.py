@@ -30,6 +30,7 @@ import base64
 import binascii
 import json
 import math
+import ssl
 import uuid
 import wave
 import xml.etree.ElementTree as ET
@@ -618,6 +619,7 @@ async def run_call(
     connect_timeout: float = 10.0,
     ws_headers: dict[str, str] | None = None,
     account_sid: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -627,6 +629,8 @@ async def run_call(
     (plus ``custom_parameters``, which win on a name clash) in
     ``start.customParameters``. Raises :class:`CallSetupError` if the call
     cannot be set up; anything after that is recorded in the result instead.
+    ``ssl_context`` is used for ``https://`` and ``wss://`` (e.g. one trusting a
+    self-signed certificate); without it the system's trust store is.
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -634,7 +638,7 @@ async def run_call(
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         form = _webhook_form(account_sid, call_sid, from_number, to_number)
-        stream_url, twiml_params = await _post_webhook(url, form, auth_token, connect_timeout)
+        stream_url, twiml_params = await _post_webhook(url, form, auth_token, connect_timeout, ssl_context)
         params = {**twiml_params, **params}
     elif scheme in ("ws", "wss"):
         stream_url = url
@@ -644,7 +648,7 @@ async def run_call(
     headers = dict(ws_headers or {})
     if auth_token:
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(stream_url, {})
-    ws = await _open_stream(stream_url, headers, connect_timeout)
+    ws = await _open_stream(stream_url, headers, connect_timeout, ssl_context)
     call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params)
     receiver: asyncio.Task[None] | None = None
     try:
@@ -680,14 +684,15 @@ def _webhook_form(account_sid: str, call_sid: str, from_number: str, to_number: 
 
 
 async def _post_webhook(
-    url: str, form: dict[str, str], auth_token: str | None, timeout: float
+    url: str, form: dict[str, str], auth_token: str | None, timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[str, dict[str, str]]:
     """POST the webhook like Twilio and return (stream URL, stream parameters)."""
     headers = {"User-Agent": HTTP_USER_AGENT}
     if auth_token:
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, form)
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout, verify=ssl_context or True) as client:
             response = await client.post(url, data=form, headers=headers)
     except httpx.HTTPError as exc:
         raise CallSetupError(f"webhook {url} failed: {type(exc).__name__}: {exc}") from exc
@@ -734,10 +739,13 @@ def _resolve_stream_url(webhook_url: str, stream_url: str) -> str:
     return urlunsplit((scheme, *parts[1:]))
 
 
-async def _open_stream(url: str, headers: dict[str, str], timeout: float) -> ClientConnection:
+async def _open_stream(url: str, headers: dict[str, str], timeout: float,
+                       ssl_context: ssl.SSLContext | None = None) -> ClientConnection:
+    tls = {"ssl": ssl_context} if ssl_context is not None and url.lower().startswith("wss:") else {}
     try:
         return await connect(
             url,
+            **tls,
             additional_headers=headers,
             user_agent_header=WS_USER_AGENT,
             open_timeout=timeout,
