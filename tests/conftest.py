@@ -23,6 +23,7 @@ from agent_voice_bridge.serving import DrainingServer, uvicorn_config
 from agent_voice_bridge.transports.simulated_caller import load_wav
 
 logger.remove()
+logger.configure(extra={"call_sid": "-"})
 logger.add(sys.stderr, level="INFO", filter=lambda r: not r["name"].startswith("pipecat"))
 
 SPEECH_DIR = Path(__file__).parent / "fixtures" / "speech"

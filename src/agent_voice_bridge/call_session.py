@@ -8,6 +8,7 @@ itself ends a call (time limit, shutdown) the caller hears a short goodbye first
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -17,6 +18,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
 
+from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
@@ -42,13 +44,15 @@ class LiveCall:
     worker: PipelineWorker | None = None
     goodbye: bytes | None = None
     ending: bool = False
+    outcome: str = "caller_hung_up"
     _hang_up_task: asyncio.Task | None = None
 
-    async def end(self, goodbye: str | None, reason: str) -> None:
+    async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
         if self.ending or self.worker is None:
             return
         self.ending = True
+        self.outcome = outcome
         logger.info(f"call {self.info.call_sid}: ending ({reason})")
         self.goodbye = spoken(goodbye) if goodbye else None
         await self.worker.cancel(reason=reason)
@@ -71,7 +75,7 @@ class LiveCall:
             await asyncio.sleep(0.05)
         if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
             await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)
-        await self.end(None, reason)
+        await self.end(None, reason, "ai_ended")
 
 
 def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
@@ -94,7 +98,7 @@ class CallRegistry:
     refused: int = 0
 
     async def end_all(self, goodbye: str, reason: str) -> None:
-        await asyncio.gather(*(call.end(goodbye, reason) for call in list(self.live.values())))
+        await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))
 
 
 async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate,
@@ -105,12 +109,14 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     except (asyncio.TimeoutError, ProtocolError, StreamClosed) as exc:
         logger.warning(f"media stream refused before start: {exc or 'timed out'}")
         calls.refused += 1
+        metrics.REFUSED.labels("bad_stream").inc()
         await stream.close(CLOSE_POLICY, "expected connected/start")
         return
     refusal = await gate.check_stream(start)
     if refusal is not None:
         logger.warning(f"media stream {start.stream_sid} refused: {refusal}")
         calls.refused += 1
+        metrics.REFUSED.labels("stream_token" if "token" in refusal else "busy").inc()
         await stream.close(CLOSE_POLICY, refusal)
         return
     params = start.custom_parameters
@@ -120,25 +126,46 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     live = LiveCall(info, twilio or TwilioConfig())
     info.hang_up = live.hang_up_after_playback
     info.end = live.end
+    with logger.contextualize(call_sid=info.call_sid):  # every log line of this call carries its SID
+        await _live(live, stream, chain, calls, gate, max_call_seconds)
+
+
+async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: CallRegistry, gate: CallGate,
+                max_call_seconds: float) -> None:
+    info = live.info
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
+    metrics.LIVE_CALLS.inc()
     logger.info(f"call {info.call_sid}: started, stream {info.stream_sid}, from {info.caller or 'unknown'}")
     limit = asyncio.get_running_loop().call_later(
-        max_call_seconds, lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached")))
+        max_call_seconds,
+        lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached", "time_limit")))
     try:
         await _run_pipeline(chain, live)
         if live.goodbye is not None:
             await stream.say_goodbye(live.goodbye)
     except Exception as exc:  # one call's failure must not reach the server or other calls
+        live.outcome = "error"
         logger.exception(f"call {info.call_sid}: pipeline failed: {exc}")
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
         calls.live.pop(key, None)
         calls.finished += 1
+        metrics.LIVE_CALLS.dec()
+        metrics.CALLS.labels(live.outcome).inc()
         await gate.call_ended(info.call_sid)
         await stream.close()
-        logger.info(f"call {info.call_sid}: ended")
+        logger.info(summary_line(live))
+
+
+def summary_line(live: LiveCall) -> str:
+    """One line per call, for grepping and for people."""
+    info, stats, playback = live.info, live.info.stats, live.info.playback
+    first = f"{stats.first_reply_ms:.0f} ms" if stats.first_reply_ms is not None else "-"
+    return (f"call {info.call_sid} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
+            f"from={info.caller or '-'} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
+            f"marks={playback.marks_echoed}/{playback.marks_sent}")
 
 
 async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
@@ -157,7 +184,7 @@ async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
         # A stage that can no longer do its job (the AI backend is gone): apologise and hang up,
         # never leave the caller in dead air.
         if frame.processor is not None and not frame.processor.is_usable:
-            asyncio.ensure_future(live.end("apology", f"{frame.processor} failed: {frame.error}"))
+            asyncio.ensure_future(live.end("apology", f"{frame.processor} failed: {frame.error}", "backend_failure"))
 
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
     await runner.add_workers(live.worker)

@@ -7,10 +7,15 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load_file
+
+if TYPE_CHECKING:
+    from agent_voice_bridge.pipelines.chain import Chain
 
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY")
 
@@ -32,15 +37,23 @@ def load_config(path: str | None) -> LoadedConfig:
     return load_default(default_chain_name())
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def load_chain(path: str | None) -> tuple[LoadedConfig, Chain] | None:
+    """The file and its checked chain, or None after printing every problem in it."""
     from agent_voice_bridge.pipelines.chain import build_chain
 
     try:
-        loaded = load_config(args.config)
-        chain = build_chain(loaded)
+        loaded = load_config(path)
+        return loaded, build_chain(loaded)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    checked = load_chain(args.config)
+    if checked is None:
         return 1
+    loaded, chain = checked
     print(f"{loaded.path}: OK, {len(chain.stages)} stages")
     print(chain.describe())
     return 0
@@ -54,16 +67,14 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.pipelines.chain import build_chain
     from agent_voice_bridge.server import CONFIG_ENV, create_app
+    from agent_voice_bridge.metrics import MULTIPROC_ENV
     from agent_voice_bridge.serving import LOG_LEVEL_ENV, serve
 
-    try:
-        loaded = load_config(args.config)
-        chain = build_chain(loaded)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    checked = load_chain(args.config)
+    if checked is None:
         return 1
+    loaded, chain = checked
     server = loaded.config.server
     host = args.host or server.host
     port = args.port or server.port
@@ -91,6 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     drain = loaded.config.server.drain_seconds
     if args.workers > 1:
         os.environ[LOG_LEVEL_ENV] = args.log_level
+        os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="voice-bridge-metrics-"))
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
@@ -130,6 +142,13 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in bench/ at the repo root
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice-bridge", description="A phone line to a real-time AI, over Twilio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--timeout", type=float, default=20.0, help="longest wait for a reply to finish")
     call.set_defaults(func=_cmd_call)
 
+    bench = sub.add_parser("bench", help="benchmark against pipecat's Twilio path (bench --help)", add_help=False,
+                           prefix_chars="+")  # every option goes to bench/__main__.py
+    bench.add_argument("bench_args", nargs="*")
+    bench.set_defaults(func=_cmd_bench)
+
     args = parser.parse_args(argv)
     _quiet_logs(getattr(args, "log_level", "warning"))
     return args.func(args)
@@ -167,10 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_logs(level: str) -> None:
     """Before pipecat is imported (it logs a banner): only what the user asked to see."""
-    from loguru import logger
+    from agent_voice_bridge.log_setup import configure
 
-    logger.remove()
-    logger.add(sys.stderr, level=level.upper())
+    configure(level)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from fastapi import FastAPI, HTTPException, Request, Response, WebSocket
 from loguru import logger
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from agent_voice_bridge import metrics
 from agent_voice_bridge.call_session import CallRegistry, run_call
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -21,6 +22,7 @@ from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
+from agent_voice_bridge.web import softphone_router
 
 STREAM_PATH = "/media-stream"
 CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
@@ -51,10 +53,16 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         form = {k: str(v) for k, v in (await request.form()).items()}
         url = public_url(request.url, request.headers, public_base=server.public_url, trust_proxy=server.trust_proxy)
         if not gate.signature_ok(url, form, request.headers.get("x-twilio-signature")):
+            metrics.REFUSED.labels("signature").inc()
             logger.warning(f"webhook {request.url.path}: bad or missing Twilio signature "
                            f"(call {form.get('CallSid', '?')}, signed URL taken as {url})")
             raise HTTPException(status_code=403, detail="invalid Twilio signature")
         return form
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -66,11 +74,13 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     async def incoming(request: Request) -> Response:
         if app.state.draining:
             # 503 makes Twilio use the number's fallback URL (another instance).
+            metrics.REFUSED.labels("draining").inc()
             return Response("shutting down", status_code=503)
         form = await verified_form(request)
         call_sid = form.get("CallSid", "")
         refusal = await gate.admit(form)
         if refusal is not None:
+            metrics.REFUSED.labels(refusal.kind).inc()
             logger.info(f"call {call_sid or '?'}: refused ({refusal.reason})")
             return Response(refusal.twiml, media_type="application/xml")
         base = public_url(request.url, request.headers, public_base=server.public_url,
@@ -89,6 +99,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             url = public_url(websocket.url, websocket.headers, public_base=server.public_url,
                              trust_proxy=server.trust_proxy, websocket=True)
             if not gate.signature_ok(url, {}, websocket.headers.get("x-twilio-signature")):
+                metrics.REFUSED.labels("signature").inc()
                 logger.warning(f"media stream handshake: bad or missing Twilio signature (URL taken as {url})")
                 calls.refused += 1
                 await websocket.close(code=CLOSE_POLICY)
@@ -96,6 +107,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         await websocket.accept()
         await run_call(websocket, chain, calls, gate, config.security.max_call_seconds, config.twilio)
 
+    app.include_router(softphone_router(config, gate, chain))
     return app
 
 

@@ -115,8 +115,7 @@ def _run_workers(config: uvicorn.Config, drain_seconds: float, workers: int) -> 
 
 
 def _worker(config: uvicorn.Config, drain_seconds: float, sock: socket.socket) -> None:
-    import sys
+    from agent_voice_bridge.log_setup import configure
 
-    logger.remove()  # a spawned process starts with loguru's defaults: apply the level `serve` was given
-    logger.add(sys.stderr, level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+    configure(os.environ.get(LOG_LEVEL_ENV, "INFO"))  # a spawned process starts with loguru's defaults
     DrainingServer(config, drain_seconds).run(sockets=[sock])

@@ -32,6 +32,8 @@ class Refusal:
 
     reason: str
     twiml: str
+    kind: str = "policy"
+    """Short label for metrics: not_allowed, rate_limited, busy."""
 
 
 def _reject() -> str:
@@ -76,14 +78,15 @@ class CallGate:
     async def admit(self, form: Mapping[str, str]) -> Refusal | None:
         caller = normalise_number(form.get("From", ""))
         if caller in self._block:
-            return Refusal("caller is on the blocklist", _reject())
+            return Refusal("caller is on the blocklist", _reject(), "not_allowed")
         if self._allow and caller not in self._allow:
-            return Refusal("caller is not on the allowlist", _reject())
+            return Refusal("caller is not on the allowlist", _reject(), "not_allowed")
         if self._rate and not await self.store.hit(f"caller:{caller}", self._rate.calls, self._rate.per_seconds):
-            return Refusal(f"rate limit: {self._rate.calls} calls per {self._rate.per_seconds:g} s", _busy())
+            return Refusal(f"rate limit: {self._rate.calls} calls per {self._rate.per_seconds:g} s", _busy(),
+                           "rate_limited")
         call_sid = form.get("CallSid", "")
         if self._max_calls and not await self.store.claim_call(call_sid, self._max_calls, PENDING_CALL_SECONDS):
-            return Refusal(f"{self._max_calls} concurrent calls already", _busy())
+            return Refusal(f"{self._max_calls} concurrent calls already", _busy(), "busy")
         return None
 
     def stream_parameters(self, call_sid: str) -> dict[str, str]:

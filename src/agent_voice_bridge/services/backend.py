@@ -10,6 +10,7 @@ from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.services.llm_service import FunctionCallParams
 from pydantic import Field, field_validator
 
+from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services.templates import render
 from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
@@ -97,6 +98,7 @@ class BackendWatch:
         if self._backend_lost:
             return
         self._backend_lost = True
+        metrics.BACKEND_ERRORS.inc()
         logger.error(f"{self}: AI backend lost: {reason}")
         await self.push_error(error_msg=f"AI backend lost: {reason}", force_treat_as_permanent=True)  # type: ignore[attr-defined]
 

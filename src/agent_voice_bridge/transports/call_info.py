@@ -14,6 +14,15 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class CallStats:
+    """What the call's summary line and metrics report."""
+
+    barge_ins: int = 0
+    first_reply_ms: float | None = None
+    replies: int = 0
+
+
+@dataclass
 class CallInfo:
     """Who is calling whom, Twilio's identifiers, the stream, and playback truth."""
 
@@ -26,6 +35,7 @@ class CallInfo:
     started_at: float = field(default_factory=time.time)
     stream: TwilioMediaStream | None = None
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)
+    stats: CallStats = field(default_factory=CallStats)
     hang_up: Callable[[str], Awaitable[None]] | None = None
     """End the call once what the caller is hearing has played (set by the call session)."""
     end: Callable[[str | None, str], Awaitable[None]] | None = None

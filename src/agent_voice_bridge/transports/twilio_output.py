@@ -16,6 +16,8 @@ without marks and never count as the agent speaking.
 from __future__ import annotations
 
 from loguru import logger
+import time
+
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -23,10 +25,13 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import Field
 
+from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
@@ -58,6 +63,8 @@ class TwilioOutput(Stage, FrameProcessor):
         self._in_segment = False
         self._speaking = False
         self._playback.on_idle = self._on_playback_idle
+        self._caller_stopped_at: float | None = None  # for first-reply latency
+        self._caller_started_at: float | None = None  # speech onset, for barge-in latency
 
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> None:
@@ -74,7 +81,11 @@ class TwilioOutput(Stage, FrameProcessor):
         if isinstance(frame, OutputMulawAudioFrame):
             await self._send_audio(frame)
             return
-        if isinstance(frame, InterruptionFrame):
+        if isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._caller_stopped_at = frame.timestamp - frame.stop_secs
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._caller_started_at = frame.timestamp - frame.start_secs
+        elif isinstance(frame, InterruptionFrame):
             await self._interrupt()
         elif isinstance(frame, TTSStartedFrame):
             await self._end_segment()
@@ -95,6 +106,7 @@ class TwilioOutput(Stage, FrameProcessor):
         self._unmarked_ms += ms
         if not self._speaking:
             self._speaking = True
+            self._reply_started()
             await self.broadcast_frame(BotStartedSpeakingFrame)
         if self._unmarked_ms >= self._mark_every_ms:
             await self._send_mark()
@@ -115,9 +127,23 @@ class TwilioOutput(Stage, FrameProcessor):
             return
         await self._stream.send(self._stream.messages.clear())
         heard = self._playback.on_clear()
+        self._call.stats.barge_ins += 1
+        metrics.BARGE_INS.inc()
+        if self._caller_started_at is not None:
+            metrics.BARGE_IN_LATENCY.observe(max(time.time() - self._caller_started_at, 0.0))
         logger.info(f"call {self._call.call_sid}: barge-in, cleared after {heard:.0f} ms of segment "
                     f"{self._playback.segment}")
         await self._on_playback_idle()
+
+    def _reply_started(self) -> None:
+        stats = self._call.stats
+        stats.replies += 1
+        if self._caller_stopped_at is not None:
+            latency = max(time.time() - self._caller_stopped_at, 0.0)
+            if stats.first_reply_ms is None:
+                stats.first_reply_ms = latency * 1000
+                metrics.FIRST_REPLY.observe(latency)
+            self._caller_stopped_at = None
 
     async def _on_playback_idle(self) -> None:
         if self._speaking and not self._in_segment:
