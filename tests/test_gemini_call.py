@@ -54,7 +54,11 @@ async def test_greeting_first_then_speech_reaches_the_model_and_the_reply_the_ca
                 [WaitHeard(after=0.0, timeout=10), WaitQuiet(idle=0.6), Say(speech("hello-world")), WaitQuiet(idle=0.8)],
                 from_number="+15550101010", to_number="+15550202020", custom_parameters={"topic": "billing"})
         print(result.timeline())
-        session = await fake.session(0)
+        # The session /incoming opened early lacked {topic} (only the stream carries it), so the call
+        # opened its own: the last one.
+        session = fake.sessions[-1]
+        assert len(fake.sessions) == 2
+        await fake.wait_for(lambda: fake.sessions[0].closed, 5, "the mismatched early session closed")
         assert session.voice == "Kore"
         system = str(session.setup.get("systemInstruction"))
         assert "Caller +15550101010 called +15550202020 about billing." in system
@@ -85,7 +89,7 @@ async def test_model_turn_detection_barge_in_clears_the_line() -> None:
                      WaitQuiet(idle=0.8)]
             result = await run_call(server.http_url, steps, custom_parameters={"topic": "x"})
         print(result.timeline())
-        session = await fake.session(0)
+        session = fake.sessions[-1]
         assert session.automatic_activity_detection is not False
         assert any(r.interrupted for r in session.replies), "the fake saw the barge-in and interrupted"
         assert len(result.clears) == 1
@@ -101,3 +105,25 @@ def test_ready_gemini_chain_passes_check(monkeypatch: pytest.MonkeyPatch) -> Non
     gemini = next(s for s in chain.stages if s.name == "gemini.live")
     assert (str(gemini.audio_in), str(gemini.audio_out)) == ("16 kHz PCM16", "24 kHz PCM16")
     assert "api_key='***'" in gemini.describe()
+
+
+async def test_the_live_session_opens_before_the_stream_starts() -> None:
+    import httpx
+
+    from agent_voice_bridge.transports.simulated_caller import parse_twiml
+
+    async with FakeGeminiLive(script=GeminiScript()) as fake:
+        yaml_text = chain_yaml(fake, turn_detection="model", vad=False, greeting="Hello early.")
+        with LiveServer(yaml_text) as server:
+            form = {"CallSid": "CAearlygemini", "From": "+15550001111", "To": "+15550002222"}
+            async with httpx.AsyncClient() as http:
+                twiml = (await http.post(server.http_url, data=form)).text
+            session = await fake.session(0)  # opened, with its setup, by /incoming alone
+            assert "Caller +15550001111 called +15550002222" in str(session.setup.get("systemInstruction"))
+            stream_url, parameters = parse_twiml(twiml)
+            result = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.5)],
+                                    call_sid="CAearlygemini", custom_parameters=parameters)
+        assert len(fake.sessions) == 1, "the call used the early session"
+        assert session.client_contents, "and asked for its greeting over it"
+        assert not session.protocol_errors
+    assert result.events_of("audio_start")[0].t < 1.0

@@ -21,6 +21,7 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
 from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
 
@@ -89,7 +90,9 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
                                                             ("callSid", "CallSid")) if form.get(field)}
         parameters.update(gate.stream_parameters(call_sid))
-        chain.connect_early(call_sid)
+        if call_sid:
+            chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=form.get("From", ""),
+                                         callee=form.get("To", ""), parameters=parameters))
         logger.info(f"call {call_sid or '?'}: incoming from {form.get('From', 'unknown')}, stream {url}")
         return Response(connect_twiml(url, parameters), media_type="application/xml")
 

@@ -18,6 +18,7 @@ from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMi
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
 from agent_voice_bridge.pipelines.stage import Role, Stage
+from agent_voice_bridge.transports.call_info import CallInfo
 
 SECRET_WORDS = ("key", "token", "secret", "password")
 
@@ -57,11 +58,11 @@ class Chain:
     def describe(self) -> str:
         return "\n".join(s.describe() for s in self.stages)
 
-    def connect_early(self, call_sid: str) -> None:
+    def connect_early(self, call: CallInfo) -> None:
         """Let stages open their remote connections while Twilio sets up the stream."""
         for stage in self.stages:
             if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
-                stage.cls.connect_early(stage.params, call_sid)
+                stage.cls.connect_early(stage.params, call)
 
 
 def is_secret(name: str) -> bool:

@@ -58,6 +58,6 @@ class Stage:
         return cls(**params.model_dump())
 
     @classmethod
-    def connect_early(cls, params: StageParams, call_sid: str) -> None:
-        """Called from ``/incoming``: start connecting to a remote service for this call, if useful."""
+    def connect_early(cls, params: StageParams, call: CallInfo) -> None:
+        """Called from ``/incoming`` (the call's facts, no stream yet): start connecting to a remote service."""
         return None

@@ -8,6 +8,8 @@ start: empty, or holding the greeting request when the AI should speak first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from google.genai.types import HttpOptions
@@ -23,6 +25,8 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
+from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
     BackendWatch,
     RealtimeParams,
@@ -32,6 +36,7 @@ from agent_voice_bridge.services.backend import (
     ssl_context,
 )
 
+EARLY_KEY = "gemini.live"
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
 
@@ -47,9 +52,11 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
     Params = GeminiLiveParams
     role = "responder"
 
-    def __init__(self, *, greeting: str | None = None, **kwargs: Any):
+    def __init__(self, *, greeting: str | None = None, call_sid: str = "", **kwargs: Any):
         super().__init__(inference_on_context_initialization=bool(greeting), **kwargs)
         self._greeting = greeting
+        self._call_sid = call_sid
+        self._opening_early = False
 
     @classmethod
     def audio_out(cls, params: GeminiLiveParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -76,6 +83,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         if context is not None:
             http["async_client_args"] = {"ssl": context}
         service = cls(
+            call_sid=ctx.call.call_sid if ctx.call is not None else "",
             api_key=params.api_key,
             system_instruction=rendered(params.instructions, ctx),
             settings=settings,
@@ -86,6 +94,49 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         register_tools(service, params, ctx.call)
         return service
 
+    @classmethod
+    def connect_early(cls, params: GeminiLiveParams, call: CallInfo) -> None:
+        """Open the Live session (TLS, upgrade, setup) from ``/incoming``, with this call's exact config.
+
+        A throwaway instance runs pipecat's own ``_connect`` so the setup message is the one the call's
+        stage would send; its connection handler only opens the session and parks it for the call.
+        """
+        service = cls.create(params, StageContext(audio_in=None, side="caller", call=call))
+        service._opening_early = True
+        service.create_task = lambda coroutine, name=None, context=None: asyncio.ensure_future(coroutine)
+        early.open_early(call.call_sid, EARLY_KEY, service._open_session_early, _close_early)
+
+    async def _open_session_early(self) -> tuple[Any, Any, Any]:
+        opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._early_result = opened
+        await self._connect()
+        return await opened
+
+    def create_client(self):
+        super().create_client()
+        live, service = self._client.aio.live, self
+        connect = live.connect
+
+        @contextlib.asynccontextmanager
+        async def connect_or_claim(*, model: str, config: Any):
+            parked = await early.claim(service._call_sid, EARLY_KEY) if service._call_sid else None
+            if parked is not None and not _same_setup(parked[2], config):
+                # The call's facts changed since /incoming (a <Parameter> only the stream carries):
+                # the parked session has the wrong setup.
+                await _close_early(parked)
+                parked = None
+            if parked is None:
+                async with connect(model=model, config=config) as session:
+                    yield session
+                return
+            manager, session, _ = parked
+            try:
+                yield session
+            finally:
+                await manager.__aexit__(None, None, None)
+
+        live.connect = connect_or_claim
+
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
@@ -93,6 +144,15 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             await self._handle_context(LLMContext(messages=messages))
 
     async def _connection_task_handler(self, config):
+        if self._opening_early:
+            try:
+                manager = self._client.aio.live.__class__.connect(self._client.aio.live,
+                                                                  model=self._settings.model, config=config)
+                session = await manager.__aenter__()
+                self._early_result.set_result((manager, session, config))
+            except Exception as exc:
+                self._early_result.set_exception(exc)
+            return
         # pipecat retries a dropped session with its resumption handle; what reaches here is a session
         # that could not be opened at all, or one it gave up on.
         try:
@@ -103,3 +163,20 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             return
         if not self._disconnecting and self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             await self.backend_lost("session closed and could not be resumed")
+
+
+async def _close_early(parked: tuple[Any, Any, Any]) -> None:
+    manager = parked[0]
+    await manager.__aexit__(None, None, None)
+
+
+def _instruction_text(instruction: Any) -> str:
+    if instruction is None or isinstance(instruction, str):
+        return instruction or ""
+    return "".join(part.text or "" for part in instruction.parts or [])
+
+
+def _same_setup(a: Any, b: Any) -> bool:
+    """Whether two LiveConnectConfigs ask for the same session (the instruction may be str or Content)."""
+    return (a.model_dump(exclude={"system_instruction"}) == b.model_dump(exclude={"system_instruction"})
+            and _instruction_text(a.system_instruction) == _instruction_text(b.system_instruction))

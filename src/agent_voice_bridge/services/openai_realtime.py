@@ -216,10 +216,10 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         await super()._ws_send(realtime_message)
 
     @classmethod
-    def connect_early(cls, params: OpenAIRealtimeParams, call_sid: str) -> None:
+    def connect_early(cls, params: OpenAIRealtimeParams, call: CallInfo) -> None:
         url = f"{params.base_url or DEFAULT_URL}?model={params.model}"
         headers = {"Authorization": f"Bearer {params.api_key}"}
-        early.open_early(call_sid, "openai.realtime", lambda: websocket_connect(uri=url, additional_headers=headers),
+        early.open_early(call.call_sid, "openai.realtime", lambda: websocket_connect(uri=url, additional_headers=headers),
                          lambda ws: ws.close())
 
     async def _connect(self):
