@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from loguru import logger
 
 from agent_voice_bridge.pipelines.chain import Chain, build_chain

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.audio import mulaw
-from agent_voice_bridge.transports.simulated_caller import CallResult, Pause, Say, WaitHeard, WaitQuiet, run_call
+from agent_voice_bridge.transports.simulated_caller import CallResult, Pause, Say, WaitQuiet, run_call
 from conftest import LiveServer, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
 from fakes.openai_realtime import FakeOpenAIRealtime

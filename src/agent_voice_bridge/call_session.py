@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 from loguru import logger
-from twilio.rest import Client
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
+from twilio.rest import Client
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken

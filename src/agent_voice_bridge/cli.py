@@ -67,8 +67,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.server import CONFIG_ENV, create_app
     from agent_voice_bridge.metrics import MULTIPROC_ENV
+    from agent_voice_bridge.server import CONFIG_ENV, create_app
     from agent_voice_bridge.serving import LOG_LEVEL_ENV, serve
 
     checked = load_chain(args.config)
@@ -114,8 +114,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, load_wav, run_call
-    from agent_voice_bridge.transports.simulated_caller import save_wav
+    from agent_voice_bridge.transports.simulated_caller import (
+        Pause,
+        Say,
+        WaitHeard,
+        WaitQuiet,
+        load_wav,
+        run_call,
+        save_wav,
+    )
 
     if not args.wav:
         print("voice-bridge call: give at least one --wav FILE to speak", file=sys.stderr)

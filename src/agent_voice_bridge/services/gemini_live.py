@@ -25,7 +25,6 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
-from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
     BackendWatch,
@@ -35,6 +34,7 @@ from agent_voice_bridge.services.backend import (
     rendered,
     ssl_context,
 )
+from agent_voice_bridge.transports.call_info import CallInfo
 
 EARLY_KEY = "gemini.live"
 INPUT_RATE = 16000

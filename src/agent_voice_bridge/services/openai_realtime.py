@@ -20,14 +20,14 @@ import base64
 from typing import Any, Literal
 
 from loguru import logger
-from websockets.asyncio.client import connect as websocket_connect
-from websockets.protocol import State
 from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pydantic import Field
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.protocol import State
 
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext

@@ -15,9 +15,9 @@ without marks and never count as the agent speaking.
 
 from __future__ import annotations
 
-from loguru import logger
 import time
 
+from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
