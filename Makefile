@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup serve test check clean
+.PHONY: setup serve test test-deploy check clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,12 @@ check: $(STAMP)
 	$(BIN)/voice-bridge check $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --ignore=tests/deploy $(ARGS)
+
+# Slow (minutes, root): builds the Dockerfile with podman from a debootstrap base, runs the image's entry
+# point from its mounted root filesystem, calls it, checks the HEALTHCHECK and the systemd unit.
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests/deploy $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
