@@ -31,6 +31,15 @@ class ServerConfig(_Section):
     tls: TlsConfig | None = Field(
         default=None, description="Serve TLS directly (https://, wss://) with this certificate, without a proxy."
     )
+    softphone: bool | None = Field(
+        default=None,
+        description="The browser softphone at /phone; default: on unless Twilio credentials are set.",
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="Secret: the softphone (/phone) requires it when set, and always on a server with "
+        "twilio.auth_token (X-API-Key header, Authorization: Bearer, or ?key=).",
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -1,0 +1,313 @@
+"""The browser softphone: access rules over HTTP, then a real call from headless Chromium.
+
+The call test runs the real server (uvicorn, the echo chain) and Debian's
+``/usr/bin/chromium`` driven by Playwright (``playwright-core`` from npm, never a
+downloaded browser). Chromium's fake microphone plays a WAV of real speech: the
+page must send it as Twilio media, play the echo back (its received-audio level
+follows the file), echo every mark as its playback passes it, and record the
+``clear`` when the speech talks over the echo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import wave
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from agent_voice_bridge.security.stream_tokens import PARAMETER
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitQuiet, run_call
+from conftest import ECHO_YAML, ROOT, LiveServer, speech
+
+BROWSER_DIR = ROOT / "tests" / "browser"
+CHROMIUM = os.environ.get("SOFTPHONE_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOT_COPY = os.environ.get("SOFTPHONE_SCREENSHOT")  # e.g. docs/softphone.png, to refresh the README's
+FAKE_MIC_RATE = 48000
+FLOOR_DB = -60.0
+
+TOKEN = "test-auth-token"
+SECURE_YAML = f"""
+server: {{softphone: true, api_key: "k3y"}}
+twilio: {{auth_token: "{TOKEN}"}}
+security: {{store: memory}}
+pipeline: [twilio.input, mulaw.decode, {{resample: {{rate: 16000}}}}, vad.interrupter, echo,
+           {{resample: {{rate: 8000}}}}, mulaw.encode, twilio.output]
+"""
+
+
+# --------------------------------------------------------------------------- access rules
+
+
+def test_local_server_serves_the_page_without_a_key(echo_server: LiveServer) -> None:
+    base = f"http://127.0.0.1:{echo_server.port}"
+    page = httpx.get(f"{base}/phone")
+    assert page.status_code == 200 and "softphone" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("phone.js", "phone-worklet.js", "phone.css"):
+        assert httpx.get(f"{base}/phone/static/{name}").status_code == 200
+    assert httpx.get(f"{base}/phone/static/../server.py").status_code == 404
+    line = httpx.get(f"{base}/phone/token").json()
+    assert line["callSid"].startswith("CA") and line["streamPath"] == "/media-stream"
+    assert PARAMETER not in line["parameters"], "no stream tokens without a Twilio auth token"
+    listing = httpx.get(f"{base}/phone/pipelines").json()
+    assert [s["name"] for s in listing["current"]["stages"]][4] == "echo"
+    assert {"echo", "gemini", "openai"} <= {a["name"] for a in listing["available"]}
+    assert next(a for a in listing["available"] if a["name"] == "echo")["current"]
+
+
+def test_off_by_default_with_twilio_credentials() -> None:
+    yaml_text = SECURE_YAML.replace("softphone: true, ", "")
+    with LiveServer(yaml_text) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        for path in ("/phone", "/phone/token", "/phone/pipelines", "/phone/static/phone.js"):
+            assert httpx.get(f"{base}{path}", params={"key": "k3y"}).status_code == 404, path
+
+
+def test_enabled_on_a_twilio_server_it_needs_the_key_and_its_token_passes_the_gate() -> None:
+    with LiveServer(SECURE_YAML) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(f"{base}/phone").status_code == 401
+        assert httpx.get(f"{base}/phone", params={"key": "wrong"}).status_code == 401
+        assert httpx.get(f"{base}/phone", params={"key": "k3y"}).status_code == 200
+        assert httpx.get(f"{base}/phone/token").status_code == 401
+        assert httpx.get(f"{base}/phone/pipelines", headers={"X-API-Key": "nope"}).status_code == 401
+        assert httpx.get(f"{base}/phone/pipelines", headers={"Authorization": "Bearer k3y"}).status_code == 200
+
+        # Without the page's token the stream is refused on start, like any unsigned stream.
+        refused = server.calls.refused
+        stranger = asyncio.run(run_call(server.ws_url, [Pause(0.2)], call_sid="CA" + "0" * 32))
+        assert stranger.close_code == 1008 and server.calls.refused == refused + 1
+
+        # With it, the call goes through the same start check as Twilio's and is echoed.
+        line = httpx.get(f"{base}/phone/token", headers={"X-API-Key": "k3y"}).json()
+        assert line["parameters"][PARAMETER]
+        result = asyncio.run(run_call(server.ws_url, [Pause(0.3), Say(speech("hello-world")), WaitQuiet(idle=0.8)],
+                                      call_sid=line["callSid"], custom_parameters=line["parameters"]))
+        assert result.close_code == 1000 and result.media_bytes_received > 8000
+        # The token is one-time.
+        again = asyncio.run(run_call(server.ws_url, [Pause(0.2)], call_sid=line["callSid"],
+                                     custom_parameters=line["parameters"]))
+        assert again.close_code == 1008
+
+
+def test_a_configured_key_is_required_even_without_twilio() -> None:
+    yaml_text = ECHO_YAML.replace("server:\n", "server:\n  api_key: k3y\n", 1)
+    with LiveServer(yaml_text, "pipelines/echo.yaml") as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(f"{base}/phone/token").status_code == 401
+        assert httpx.get(f"{base}/phone/token", headers={"X-API-Key": "k3y"}).status_code == 200
+
+
+def test_enabled_on_a_twilio_server_without_a_key_refuses_to_serve() -> None:
+    with LiveServer(SECURE_YAML.replace(', api_key: "k3y"', "")) as server:
+        page = httpx.get(f"http://127.0.0.1:{server.port}/phone")
+        assert page.status_code == 503 and "server.api_key" in page.text
+
+
+# --------------------------------------------------------------------------- a real browser call
+
+
+def _node_ready() -> str | None:
+    """Why the browser test cannot run here, or None. Installs playwright-core from the lock file if needed."""
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)"
+    if shutil.which("node") is None:
+        return "node is not installed (.ci/run expects Node 20 + npm)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            return "npm is not installed, so tests/browser cannot get playwright-core"
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER_DIR, capture_output=True,
+                              text=True, timeout=180)
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in tests/browser failed:\n{done.stdout}\n{done.stderr}")
+    return None
+
+
+def _write_fake_mic(path: Path) -> dict[str, tuple[float, float]]:
+    """Speech with pauses, as Chromium's fake microphone will play it; returns where each utterance lies.
+
+    hello-world, a pause long enough for its whole echo; all-circuits-busy-now; a short pause; then
+    vm-goodbye, which talks over the second echo (barge-in); then silence for the rest of the test.
+    """
+    layout: list[tuple[str | None, float]] = [(None, 1.0), ("hello-world", 0), (None, 2.8),
+                                              ("all-circuits-busy-now", 0), (None, 1.0), ("vm-goodbye", 0),
+                                              (None, 30.0)]
+    parts, spans, t = [], {}, 0.0
+    for name, seconds in layout:
+        if name is None:
+            audio = np.zeros(int(seconds * 8000), dtype=np.int16)
+        else:
+            audio = speech(name)
+            spans[name] = (t, t + len(audio) / 8000)
+        parts.append(audio)
+        t += len(audio) / 8000
+    pcm8k = np.concatenate(parts).astype(np.float64)
+    up = np.interp(np.arange(len(pcm8k) * FAKE_MIC_RATE // 8000) * (8000 / FAKE_MIC_RATE),
+                   np.arange(len(pcm8k)), pcm8k)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(FAKE_MIC_RATE)
+        w.writeframes(np.clip(np.round(up), -32768, 32767).astype("<i2").tobytes())
+    return spans
+
+
+def _envelope_db(pcm: np.ndarray) -> np.ndarray:
+    n = len(pcm) // 160
+    frames = pcm[: n * 160].astype(np.float64).reshape(n, 160) / 32768.0
+    return np.maximum(20 * np.log10(np.sqrt((frames**2).mean(axis=1)) + 1e-9), FLOOR_DB)
+
+
+def _best_match(template: np.ndarray, series: np.ndarray) -> tuple[float, int]:
+    """Highest normalised correlation of ``template`` anywhere in ``series`` (both dB per 20 ms)."""
+    a = template - template.mean()
+    best, at = -1.0, -1
+    for lag in range(0, len(series) - len(template) + 1):
+        b = series[lag : lag + len(template)]
+        b = b - b.mean()
+        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        if denom > 0 and (c := float(a @ b / denom)) > best:
+            best, at = c, lag
+    return best, at
+
+
+def _speech_template(name: str) -> np.ndarray:
+    env = _envelope_db(speech(name))
+    loud = np.nonzero(env > -40)[0]
+    return env[loud[0] : loud[-1] + 1]
+
+
+def _run_browser(options: dict, on_quiet=None, limit: float = 75.0) -> dict:
+    """Run tests/browser/softphone.mjs; ``on_quiet()`` runs when the page reports a quiet line. Its JSON result."""
+    proc = subprocess.Popen(["node", str(BROWSER_DIR / "softphone.mjs"), json.dumps(options)], cwd=BROWSER_DIR,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    log: list[str] = []
+    try:
+        deadline = time.monotonic() + limit
+        while (line := lines.get(timeout=max(0.1, deadline - time.monotonic()))) is not None:
+            log.append(line.rstrip())
+            print(line.rstrip())
+            if line.startswith("QUIET"):
+                if on_quiet is not None:
+                    on_quiet()
+                proc.stdin.write("hangup\n")
+                proc.stdin.flush()
+        proc.wait(timeout=15)
+    except queue.Empty:
+        pytest.fail("the browser run timed out:\n" + "\n".join(log))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = Path(options["out"])
+    result = json.loads(out.read_text()) if out.exists() else {}
+    assert proc.returncode == 0, "browser run failed:\n" + "\n".join(log) + "\n" + json.dumps(
+        {k: result.get(k) for k in ("failure", "diagnostics")}, indent=1)
+    assert not result["diagnostics"]["pageErrors"], result["diagnostics"]
+    return result
+
+
+def test_browser_call_echoes_speech_marks_and_barge_in(echo_server: LiveServer, tmp_path: Path) -> None:
+    why_not = _node_ready()
+    if why_not:
+        pytest.skip(why_not)
+    began = time.monotonic()
+    wav = tmp_path / "fake-mic.wav"
+    _write_fake_mic(wav)
+    shot = tmp_path / "softphone.png"
+    # raw=1: no browser echo cancellation/noise suppression, so the levels are the file's (the default
+    # processing passes too, with a slightly lower envelope correlation; SOFTPHONE_RAW=0 runs it).
+    url = f"http://127.0.0.1:{echo_server.port}/phone?raw={os.environ.get('SOFTPHONE_RAW', '1')}"
+    options = {"url": url, "wav": str(wav), "chromium": CHROMIUM, "screenshot": str(shot),
+               "out": str(tmp_path / "softphone.json"), "timeoutMs": 30000}
+    echo_server.wait_idle()
+    finished_before = echo_server.calls.finished
+    server_marks: list[int] = []
+
+    def on_quiet() -> None:
+        # The line is quiet on the page: the server must agree that every mark it sent came back.
+        live = list(echo_server.calls.live.values())
+        assert len(live) == 1, f"expected the browser's call to be live, got {len(live)}"
+        assert live[0].info.caller == "browser"
+        playback = live[0].info.playback
+        server_marks.extend((playback.marks_sent, playback.marks_echoed))
+
+    result = _run_browser(options, on_quiet)
+    page = result["page"]
+    stats = page["stats"]
+    print(json.dumps({"stats": stats, "latencies": page["latencies"], "bargeIns": page["bargeIns"],
+                      "audioRate": page["audioRate"], "seconds": result["seconds"]}, indent=1))
+
+    # The page spoke the protocol: continuous 20 ms frames, and the server took the call and ended it cleanly.
+    assert stats["framesSent"] >= 300, "at least 6 s of 20 ms frames"
+    echo_server.wait_idle(finished=finished_before + 1)
+
+    # The echo line returned the speech: what the page received follows the file's words.
+    received = np.maximum(np.array(page["receivedLevels"], dtype=np.float64), FLOOR_DB)
+    first_clear = page["receivedClears"][0]
+    corr_hello, _ = _best_match(_speech_template("hello-world"), received[:first_clear])
+    assert corr_hello >= 0.85, f"received audio does not follow 'hello world' (r={corr_hello:.2f})"
+    corr_bye, _ = _best_match(_speech_template("vm-goodbye"), received[first_clear:])
+    assert corr_bye >= 0.85, f"the barge-in utterance was not echoed (r={corr_bye:.2f})"
+    played = np.maximum(np.array(page["playedLevels"], dtype=np.float64), FLOOR_DB)
+    corr_played, _ = _best_match(_speech_template("hello-world"), played)
+    print(f"envelope correlation: received 'hello world' r={corr_hello:.3f}, 'vm goodbye' r={corr_bye:.3f}, "
+          f"played 'hello world' r={corr_played:.3f}")
+    assert corr_played >= 0.8, f"the speaker's output does not follow 'hello world' (r={corr_played:.2f})"
+
+    # Replies came after the caller stopped, with an echo line's latency (VAD stop 0.5 s + transport).
+    assert len(page["latencies"]) >= 2 and all(200 <= ms <= 1500 for ms in page["latencies"]), page["latencies"]
+
+    # Speaking over the echo cleared it, once, soon after the speech began, and the queued audio was dropped.
+    assert stats["clears"] == 1, page["bargeIns"]
+    barge_in = page["bargeIns"][0]
+    assert barge_in["droppedMs"] > 100 and barge_in["afterMs"] is not None and barge_in["afterMs"] <= 600
+
+    # Every mark came back, as its audio played (or at the clear): on the page and on the server.
+    assert stats["marksReceived"] >= 30 and stats["marksEchoed"] == stats["marksReceived"]
+    assert len(server_marks) == 2 and server_marks[0] == server_marks[1] >= 30, server_marks
+    assert barge_in["marks"] >= 1, "marks pending at the clear are echoed at once"
+    # ... and "played" means played: the server names marks "segment:ms of the segment sent before it:n", and
+    # the page echoed each mark of the first reply when its playback reached that many ms.
+    first_reply = next(e["t"] for e in page["events"] if e["kind"] == "reply")
+    lateness = [echo["t"] - first_reply - int(echo["name"].split(":")[1]) / 1000
+                for echo in page["markEchoes"] if echo["name"].startswith("1:") and not echo["cleared"]]
+    print("mark lateness (ms):", [round(x * 1000) for x in lateness])
+    assert len(lateness) >= 10 and all(abs(x) <= 0.04 for x in lateness), lateness
+
+    assert shot.exists() and shot.stat().st_size > 10_000
+    if SCREENSHOT_COPY:
+        shutil.copyfile(shot, ROOT / SCREENSHOT_COPY)
+    assert time.monotonic() - began < 90
+
+
+def test_browser_call_on_a_twilio_server_with_the_api_key(tmp_path: Path) -> None:
+    """softphone: true on a server with an auth token: the key opens the page, its token passes the gate."""
+    why_not = _node_ready()
+    if why_not:
+        pytest.skip(why_not)
+    wav = tmp_path / "fake-mic.wav"
+    _write_fake_mic(wav)
+    with LiveServer(SECURE_YAML) as server:
+        options = {"url": f"http://127.0.0.1:{server.port}/phone?key=k3y&raw=1", "wav": str(wav),
+                   "chromium": CHROMIUM, "out": str(tmp_path / "softphone.json"), "timeoutMs": 15000,
+                   "firstReplyOnly": True}
+        result = _run_browser(options, limit=40)
+        server.wait_idle(finished=1)
+        assert server.calls.refused == 0, "the page's stream was refused by the gate"
+    page = result["page"]
+    assert "key=" not in result["address"], "the page leaves the key in the address bar"
+    assert page["callSid"].startswith("CA") and page["latencies"], page["stats"]
+    assert page["stats"]["bytesReceived"] > 8000
