@@ -21,7 +21,12 @@ serve: $(STAMP)
 check: $(STAMP)
 	$(BIN)/voice-bridge check $(ARGS)
 
-test: $(STAMP)
+# playwright-core for the softphone's browser test (Debian's chromium; no browser is downloaded). Without npm
+# the browser tests skip and say why.
+tests/browser/node_modules: tests/browser/package-lock.json
+	-command -v npm >/dev/null && cd tests/browser && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
+
+test: $(STAMP) tests/browser/node_modules
 	$(BIN)/python -m pytest -q --ignore=tests/deploy $(ARGS)
 
 # Slow (minutes, root): builds the Dockerfile with podman from a debootstrap base, runs the image's entry
