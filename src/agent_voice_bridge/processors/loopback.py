@@ -20,6 +20,9 @@ class Loopback(Stage, FrameProcessor):
 
     role = "responder"
 
+    def __init__(self, **kwargs):
+        super().__init__(enable_direct_mode=True, **kwargs)
+
     @classmethod
     def audio_out(cls, params, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
         return require(audio_in)

@@ -20,7 +20,7 @@ class MulawDecoder(Stage, FrameProcessor):
     """Pushes PCM16 8 kHz frames (``InputAudioRawFrame`` or ``OutputAudioRawFrame``) in place of μ-law ones."""
 
     def __init__(self, *, side: Side = "caller", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(enable_direct_mode=True, **kwargs)  # ~1 µs of work: not worth a queue hop
         self._takes = MULAW_FRAME[side]
         self._gives = PCM_FRAME[side]
 
@@ -44,7 +44,7 @@ class MulawEncoder(Stage, FrameProcessor):
     """Pushes ``OutputMulawAudioFrame`` (or the caller-side μ-law frame) in place of 8 kHz PCM16."""
 
     def __init__(self, *, side: Side = "agent", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(enable_direct_mode=True, **kwargs)
         self._takes = PCM_FRAME[side]
         self._gives = MULAW_FRAME[side]
 

@@ -28,7 +28,7 @@ class Resampler(Stage, FrameProcessor):
     Params = ResampleParams
 
     def __init__(self, *, rate: int, side: Side = "caller", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(enable_direct_mode=True, **kwargs)  # ~15 µs of work: cheaper than a queue hop
         self._rate = rate
         self._takes = PCM_FRAME[side]
         self._resamplers: dict[int, PolyphaseResampler] = {}
