@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -433,6 +434,9 @@ class ServeProcess:
             stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=config.parent,
             start_new_session=True)  # its own process group, so its workers can be ended with it
 
+    verify: bool | ssl.SSLContext = True
+    """What the readiness probe trusts (a subclass serving TLS passes its CA)."""
+
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -443,7 +447,7 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.base + "/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -91,8 +91,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         missing = "no AI key" if not any(os.environ.get(k) for k in AI_KEYS) else "the echo chain"
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"*** OFFLINE ECHO LINE ({missing}): callers hear their own words back when they stop talking. "
-              f"Try it: .venv/bin/voice-bridge call ws://{local}:{port}/media-stream "
-              f"--wav tests/fixtures/speech/hello-world.wav --out heard.wav, or open http://{local}:{port}/phone ***", file=sys.stderr)
+              f"Try it: .venv/bin/voice-bridge call {ws}://{local}:{port}/media-stream "
+              f"--wav tests/fixtures/speech/hello-world.wav --out heard.wav, or open {http}://{local}:{port}/phone ***",
+              file=sys.stderr)
     security = loaded.config.security
     checks = security.check_signatures if security.check_signatures is not None else bool(
         loaded.config.twilio.auth_token)
