@@ -216,3 +216,14 @@ def test_serve_picks_the_backend_whose_key_is_set(monkeypatch: pytest.MonkeyPatc
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert default_chain_name() == expected
+
+
+def test_server_start_loads_the_shared_vad_model_before_any_call() -> None:
+    from agent_voice_bridge.processors import silero
+    from agent_voice_bridge.server import create_app
+    from agent_voice_bridge.security.limits import MemoryLimitStore
+
+    silero.shared_session.cache_clear()
+    loaded = load_text(textwrap.dedent(ECHO_CHAIN), "t.yaml", {})
+    create_app(loaded.config, build_chain(loaded), MemoryLimitStore())
+    assert silero.shared_session.cache_info().currsize == 1, "loaded at start, not by the first call"

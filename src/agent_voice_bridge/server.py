@@ -41,6 +41,7 @@ def connect_twiml(url: str, parameters: dict[str, str]) -> str:
 
 def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None) -> FastAPI:
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None)
+    chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))
     calls = CallRegistry()

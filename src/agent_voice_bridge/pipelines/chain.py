@@ -58,6 +58,12 @@ class Chain:
     def describe(self) -> str:
         return "\n".join(s.describe() for s in self.stages)
 
+    def warm_up(self) -> None:
+        """Load shared resources now, not in the first call (where it would stall every live call)."""
+        for stage in self.stages:
+            if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
+                stage.cls.warm_up(stage.params)
+
     def connect_early(self, call: CallInfo) -> None:
         """Let stages open their remote connections while Twilio sets up the stream."""
         for stage in self.stages:

@@ -58,6 +58,11 @@ class Stage:
         return cls(**params.model_dump())
 
     @classmethod
+    def warm_up(cls, params: StageParams) -> None:
+        """Called once per server process at start: load what every call will share (models)."""
+        return None
+
+    @classmethod
     def connect_early(cls, params: StageParams, call: CallInfo) -> None:
         """Called from ``/incoming`` (the call's facts, no stream yet): start connecting to a remote service."""
         return None

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
-from agent_voice_bridge.processors.silero import SharedSileroVADAnalyzer
+from agent_voice_bridge.processors.silero import SharedSileroVADAnalyzer, shared_session
 
 
 class VADInterrupterParams(StageParams):
@@ -50,6 +50,10 @@ class VADInterrupter(Stage, VADProcessor):
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
         return require(audio_in, encoding="pcm16", rates=(8000, 16000))
+
+    @classmethod
+    def warm_up(cls, params: StageParams) -> None:
+        shared_session()  # ~20 ms and ~10 MB once per process, before any call streams
 
     @classmethod
     def create(cls, params: VADInterrupterParams, ctx: StageContext) -> VADInterrupter:
