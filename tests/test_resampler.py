@@ -256,3 +256,17 @@ def test_speech_roundtrip_8k_16k_8k(prompt: str) -> None:
     # And the delay is where the signal really is.
     xc = signal.correlate(y.astype(np.float64), x.astype(np.float64), mode="full")
     assert int(np.argmax(xc)) - (len(x) - 1) == d
+
+
+def test_interruption_resets_the_agent_side_only() -> None:
+    from agent_voice_bridge.processors.resample import Resampler
+
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(320) / 8000)).astype(np.int16).tobytes()
+    continuous = PolyphaseResampler(8000, 16000)
+    expected = continuous.process(tone[:320]) + continuous.process(tone[320:])
+    fresh = PolyphaseResampler(8000, 16000).process(tone[320:])
+    for side, second in (("caller", expected[640:]), ("agent", fresh)):
+        stage = Resampler(rate=16000, side=side)
+        stage._resampler(8000).process(tone[:320])
+        stage.interrupted()
+        assert stage._resampler(8000).process(tone[320:]) == second, side

@@ -3,7 +3,9 @@
 A short polyphase filter (see :mod:`agent_voice_bridge.audio.resampler`) holds back
 under 2 ms, where pipecat's high-quality soxr streams hold 64–150 ms: on a phone
 line that is latency the caller hears. The filter's history belongs to the turn,
-so it is dropped on an interruption and the next turn starts clean.
+on the agent's side, so it is dropped on an interruption and the next reply starts clean.
+The caller's side is one continuous stream that an interruption does not end: resetting it
+would put a click into the very speech that caused the barge-in.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Resampler(Stage, FrameProcessor):
         super().__init__(enable_direct_mode=True, **kwargs)  # ~15 µs of work: cheaper than a queue hop
         self._rate = rate
         self._takes = PCM_FRAME[side]
+        self._resets_on_interruption = side == "agent"
         self._resamplers: dict[int, PolyphaseResampler] = {}
 
     @classmethod
@@ -47,9 +50,13 @@ class Resampler(Stage, FrameProcessor):
         if isinstance(frame, self._takes) and frame.sample_rate != self._rate:
             frame = replace_audio(frame, self._resampler(frame.sample_rate).process(frame.audio), self._rate)
         elif isinstance(frame, InterruptionFrame):
+            self.interrupted()
+        await self.push_frame(frame, direction)
+
+    def interrupted(self) -> None:
+        if self._resets_on_interruption:
             for resampler in self._resamplers.values():
                 resampler.reset()
-        await self.push_frame(frame, direction)
 
     def _resampler(self, in_rate: int) -> PolyphaseResampler:
         resampler = self._resamplers.get(in_rate)
