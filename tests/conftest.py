@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
 from agent_voice_bridge.server import create_app
 from agent_voice_bridge.serving import DrainingServer, uvicorn_config
+from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import load_wav
+
+pytest_plugins = ["databases"]  # tests/databases.py: PostgreSQL/SQLite fixtures
 
 logger.remove()
 logger.configure(extra={"call_sid": "-"})
@@ -48,7 +52,12 @@ class LiveServer:
         loaded = load_text(yaml_text, path, env)
         self.chain: Chain = build_chain(loaded)
         self.config = loaded.config
-        self.app = create_app(loaded.config, self.chain, store or MemoryLimitStore())
+        self._tmp = tempfile.TemporaryDirectory(prefix="voice-bridge-test-")
+        url = loaded.config.storage.url
+        if "url" not in loaded.config.storage.model_fields_set:  # never the working directory's database
+            url = f"sqlite:///{self._tmp.name}/calls.db"
+        self.storage: CallStore | None = CallStore(url) if url else None
+        self.app = create_app(loaded.config, self.chain, store or MemoryLimitStore(), self.storage)
         self.port = free_port()
         self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port), drain_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -70,6 +79,12 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self._tmp.cleanup()
+
+    def db(self, coroutine_function, *args):
+        """Run a storage query on the server's loop (its engine lives there) and return the result."""
+        assert self.loop is not None and self.storage is not None
+        return asyncio.run_coroutine_threadsafe(coroutine_function(self.storage, *args), self.loop).result(10)
 
     @property
     def ws_url(self) -> str:

@@ -22,8 +22,10 @@ from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
-from agent_voice_bridge.pipelines.config import TwilioConfig
+from agent_voice_bridge.pipelines.config import BridgeConfig, TwilioConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.storage import CallStore
+from agent_voice_bridge.storage.call_storage import close_records, open_journal, open_recorder, recall
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
@@ -102,7 +104,7 @@ class CallRegistry:
 
 
 async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate,
-                   max_call_seconds: float, twilio: TwilioConfig | None = None) -> None:
+                   config: BridgeConfig, storage: CallStore | None = None) -> None:
     stream = TwilioMediaStream(websocket)
     try:
         start = await stream.wait_for_start(START_TIMEOUT_SECS)
@@ -123,11 +125,16 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream)
-    live = LiveCall(info, twilio or TwilioConfig())
+    live = LiveCall(info, config.twilio)
     info.hang_up = live.hang_up_after_playback
     info.end = live.end
     with logger.contextualize(call_sid=info.call_sid):  # every log line of this call carries its SID
-        await _live(live, stream, chain, calls, gate, max_call_seconds)
+        if storage is not None:
+            info.memory = await recall(storage, chain, info.caller, info.call_sid)
+            info.journal = open_journal(storage, info, chain.source)
+            if config.storage.record:
+                info.recorder = open_recorder(config.storage.recordings, info)
+        await _live(live, stream, chain, calls, gate, config.security.max_call_seconds)
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: CallRegistry, gate: CallGate,
@@ -150,12 +157,13 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
+        await stream.close()
+        await close_records(live)  # before the call counts as over: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1
         metrics.LIVE_CALLS.dec()
         metrics.CALLS.labels(live.outcome).inc()
         await gate.call_ended(info.call_sid)
-        await stream.close()
         logger.info(summary_line(live))
 
 
@@ -172,7 +180,8 @@ async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
     pipeline = build_pipeline(chain, live.info)
     live.worker = PipelineWorker(
         pipeline,
-        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000,
+                              enable_usage_metrics=live.info.journal is not None),  # the record's token counts
         enable_rtvi=False,
         enable_turn_tracking=False,
         idle_timeout_secs=None,

@@ -1,4 +1,4 @@
-"""``voice-bridge``: serve, call, check, schema."""
+"""``voice-bridge``: serve, call, check, schema, calls, forget, bench."""
 
 from __future__ import annotations
 
@@ -150,6 +150,76 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(path: str | None):
+    from agent_voice_bridge.storage import CallStore
+
+    try:
+        url = load_config(path).config.storage.url
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+    if not url:
+        print("voice-bridge: storage.url is empty in this configuration: no calls are stored", file=sys.stderr)
+        return None
+    return CallStore(url)
+
+
+async def _with_store(store, work):
+    try:
+        await store.migrate()
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _cmd_calls(args: argparse.Namespace) -> int:
+    from agent_voice_bridge.storage.report import HEADER, call_line, call_report
+
+    if args.what and (args.what[0] != "show" or len(args.what) != 2):
+        print("usage: voice-bridge calls [show CALLSID]", file=sys.stderr)
+        return 2
+    store = _open_store(args.config)
+    if store is None:
+        return 1
+    if args.what:
+        sid = args.what[1]
+
+        async def show(store):
+            record = await store.get_call(sid)
+            return None if record is None else call_report(record, await store.transcript(sid))
+
+        report = asyncio.run(_with_store(store, show))
+        if report is None:
+            print(f"voice-bridge calls: no call {sid} in {store.url_for_display}", file=sys.stderr)
+            return 1
+        print(report)
+        return 0
+    records = asyncio.run(_with_store(store, lambda s: s.recent_calls(args.limit, caller=args.from_number)))
+    print(HEADER)
+    for record in records:
+        print(call_line(record))
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    store = _open_store(args.config)
+    if store is None:
+        return 1
+    recordings = asyncio.run(_with_store(store, lambda s: s.forget(args.number)))
+    removed = 0
+    for path in recordings:
+        try:
+            Path(path).unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            print(f"voice-bridge forget: could not delete {path}: {exc}", file=sys.stderr)
+    print(f"forgot {args.number}: {len(recordings)} recording(s) listed, {removed} deleted; "
+          "their calls and transcripts are gone")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in bench/ at the repo root
     from bench.__main__ import main as bench_main
@@ -186,6 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="speak each next WAV SECS after the reply to the previous one starts playing")
     call.add_argument("--timeout", type=float, default=20.0, help="longest wait for a reply to finish")
     call.set_defaults(func=_cmd_call)
+
+    calls = sub.add_parser("calls", help="recent calls, a line each; 'calls show CALLSID' for one in full")
+    calls.add_argument("what", nargs="*", metavar="show CALLSID", help="show one call's record and transcript")
+    calls.add_argument("-c", "--config")
+    calls.add_argument("-n", "--limit", type=int, default=20)
+    calls.add_argument("--from", dest="from_number", help="only calls from this number")
+    calls.set_defaults(func=_cmd_calls)
+
+    forget = sub.add_parser("forget", help="delete a caller's calls, transcripts and recordings")
+    forget.add_argument("number", help="the caller's number, as stored (E.164, e.g. +15551234567)")
+    forget.add_argument("-c", "--config")
+    forget.set_defaults(func=_cmd_forget)
 
     bench = sub.add_parser("bench", help="benchmark against pipecat's Twilio path (bench --help)", add_help=False,
                            prefix_chars="+")  # every option goes to bench/__main__.py

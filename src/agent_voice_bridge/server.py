@@ -8,7 +8,9 @@ the :class:`CallGate` (policy, limits, stream token).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request, Response, WebSocket
 from loguru import logger
@@ -21,9 +23,12 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
 from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.storage import CallStore
+from agent_voice_bridge.storage.call_storage import recall, record_refusal
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
+from agent_voice_bridge.web.calls_api import calls_router
 
 STREAM_PATH = "/media-stream"
 CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
@@ -39,8 +44,25 @@ def connect_twiml(url: str, parameters: dict[str, str]) -> str:
     return str(response)
 
 
-def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None) -> FastAPI:
-    app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None)
+def open_storage(config: BridgeConfig) -> CallStore | None:
+    return CallStore(config.storage.url) if config.storage.url else None
+
+
+def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None,
+               storage: CallStore | None = None) -> FastAPI:
+    """The app for one chain. ``storage`` defaults to ``storage.url`` from the config (None: keep nothing)."""
+    storage = storage if storage is not None else open_storage(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if storage is not None:
+            await storage.migrate()
+            logger.info(f"call records: {storage.url_for_display}")
+        yield
+        if storage is not None:
+            await storage.close()
+
+    app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))
@@ -48,6 +70,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     app.state.calls = calls
     app.state.chain = chain
     app.state.gate = gate
+    app.state.storage = storage
     app.state.draining = False
 
     async def verified_form(request: Request) -> dict[str, str]:
@@ -84,6 +107,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         if refusal is not None:
             metrics.REFUSED.labels(refusal.kind).inc()
             logger.info(f"call {call_sid or '?'}: refused ({refusal.reason})")
+            if storage is not None and call_sid:
+                await record_refusal(storage, form, refusal.reason, chain.source)
             return Response(refusal.twiml, media_type="application/xml")
         base = public_url(request.url, request.headers, public_base=server.public_url,
                           trust_proxy=server.trust_proxy, websocket=True)
@@ -92,8 +117,11 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
                                                             ("callSid", "CallSid")) if form.get(field)}
         parameters.update(gate.stream_parameters(call_sid))
         if call_sid:
-            chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=form.get("From", ""),
-                                         callee=form.get("To", ""), parameters=parameters))
+            early = CallInfo(call_sid=call_sid, stream_sid="", caller=form.get("From", ""),
+                             callee=form.get("To", ""), parameters=parameters)
+            if storage is not None:
+                early.memory = await recall(storage, chain, early.caller, call_sid)
+            chain.connect_early(early)
         logger.info(f"call {call_sid or '?'}: incoming from {form.get('From', 'unknown')}, stream {url}")
         return Response(connect_twiml(url, parameters), media_type="application/xml")
 
@@ -109,9 +137,10 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
                 await websocket.close(code=CLOSE_POLICY)
                 return
         await websocket.accept()
-        await run_call(websocket, chain, calls, gate, config.security.max_call_seconds, config.twilio)
+        await run_call(websocket, chain, calls, gate, config, storage)
 
     app.include_router(softphone_router(config, gate, chain))
+    app.include_router(calls_router(config, storage))
     return app
 
 

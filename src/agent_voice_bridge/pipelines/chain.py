@@ -64,6 +64,11 @@ class Chain:
             if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
                 stage.cls.warm_up(stage.params)
 
+    def memory_calls(self) -> int:
+        """How many of a caller's earlier calls the stages want recalled (0: none)."""
+        wanted = [getattr(getattr(stage.params, "memory", None), "calls", 0) for stage in self.stages]
+        return max(wanted, default=0)
+
     def connect_early(self, call: CallInfo) -> None:
         """Let stages open their remote connections while Twilio sets up the stream."""
         for stage in self.stages:

@@ -91,6 +91,26 @@ class SecurityConfig(_Section):
         raise ValueError("must be memory, sqlite, sqlite:///path or redis://host:port/db")
 
 
+class StorageConfig(_Section):
+    url: str | None = Field(
+        default="sqlite:///voice-bridge.db",
+        description="Where call records and transcripts live: sqlite:///path (one host, the default) or "
+        "postgresql://user:password@host/db (several hosts); empty: keep nothing.",
+    )
+    record: bool = Field(default=False, description="Record every call as a stereo WAV: the caller left, the "
+                         "AI right exactly as the caller heard it.")
+    recordings: str = Field(default="recordings", description="Directory the recordings are written to.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            return value
+        raise ValueError("must be sqlite:///path or postgresql://user:password@host/db")  # never echo it
+
+
 class SeedAIConfig(BaseModel):
     """The seed project's ``ai:`` section, expanded to the default chain with that provider."""
 
@@ -109,6 +129,7 @@ class BridgeConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
 

@@ -8,7 +8,7 @@ from typing import Literal
 from loguru import logger
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.services.llm_service import FunctionCallParams
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
@@ -20,6 +20,11 @@ TurnDetection = Literal["model", "local"]
 
 DEFAULT_INSTRUCTIONS = ("You are a helpful assistant on a phone call. Keep answers short and spoken, "
                         "never use lists or markdown. The caller's number is {caller}; it is {local_time}.")
+
+
+class MemoryParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    calls: int = Field(default=3, ge=1, le=20, description="How many of the caller's last calls to recall.")
 
 
 class RealtimeParams(StageParams):
@@ -42,6 +47,9 @@ class RealtimeParams(StageParams):
     ca_file: str | None = Field(default=None, description="Extra CA certificate (PEM) to trust for base_url.")
     tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call.")
     end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
+    memory: MemoryParams | None = Field(
+        default=None, description="Recall the same caller's last calls (from the stored transcripts, see "
+        "storage:) in the instructions, e.g. {calls: 3}.")
 
     @field_validator("tools")
     @classmethod
@@ -67,6 +75,14 @@ def facts_of(ctx: StageContext) -> dict[str, str]:
 
 def rendered(template: str | None, ctx: StageContext) -> str | None:
     return render(template, facts_of(ctx)) if template else None
+
+
+def instructions_for(params: RealtimeParams, ctx: StageContext) -> str:
+    """The rendered instructions, plus what this caller said in earlier calls when ``memory`` is on."""
+    text = render(params.instructions, facts_of(ctx))
+    if params.memory is not None and ctx.call is not None and ctx.call.memory:
+        text = f"{text}\n\n{ctx.call.memory}"
+    return text
 
 
 def greeting_prompt(greeting: str) -> str:

@@ -30,6 +30,7 @@ from agent_voice_bridge.services.backend import (
     BackendWatch,
     RealtimeParams,
     greeting_prompt,
+    instructions_for,
     register_tools,
     rendered,
     ssl_context,
@@ -85,7 +86,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         service = cls(
             call_sid=ctx.call.call_sid if ctx.call is not None else "",
             api_key=params.api_key,
-            system_instruction=rendered(params.instructions, ctx),
+            system_instruction=instructions_for(params, ctx),
             settings=settings,
             tools=params.tools_schema(),
             http_options=HttpOptions(**http) if http else None,

@@ -33,7 +33,14 @@ from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pc
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
 from agent_voice_bridge.services import early
-from agent_voice_bridge.services.backend import BackendWatch, RealtimeParams, greeting_prompt, register_tools, rendered
+from agent_voice_bridge.services.backend import (
+    BackendWatch,
+    RealtimeParams,
+    greeting_prompt,
+    instructions_for,
+    register_tools,
+    rendered,
+)
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
@@ -51,6 +58,9 @@ class OpenAIRealtimeParams(RealtimeParams):
     voice: str | None = Field(default="marin", description="Voice (marin, cedar, alloy, …); fixed once it spoke.")
     audio_format: Literal["pcm", "pcmu"] = Field(
         default="pcm", description="'pcmu' takes and gives Twilio's 8 kHz μ-law directly.")
+    transcribe: str | None = Field(
+        default="gpt-4o-mini-transcribe", description="Model that transcribes the caller for the call's "
+        "transcript (billed separately by OpenAI); empty: no caller transcript.")
     silence_ms: int = Field(default=500, ge=100, le=5000, description="Server VAD: silence that ends a turn.")
     session_limit_secs: float = Field(
         default=1800, gt=0, description="OpenAI closes a session after 30 minutes: the call is ended politely "
@@ -90,9 +100,11 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         turns = (events.TurnDetection(silence_duration_ms=params.silence_ms)
                  if params.turn_detection == "model" else False)
         session = events.SessionProperties(audio=events.AudioConfiguration(
-            input=events.AudioInput(format=fmt, turn_detection=turns),
+            input=events.AudioInput(format=fmt, turn_detection=turns, transcription=(
+                events.InputAudioTranscription(model=params.transcribe, language=params.language.split("-")[0])
+                if params.transcribe else None)),
             output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema())
-        settings = cls.Settings(model=params.model, system_instruction=rendered(params.instructions, ctx),
+        settings = cls.Settings(model=params.model, system_instruction=instructions_for(params, ctx),
                                 session_properties=session)
         service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
                       call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),

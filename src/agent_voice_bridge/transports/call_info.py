@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from agent_voice_bridge.transports.playback import PlaybackTracker
 
 if TYPE_CHECKING:
+    from agent_voice_bridge.storage.journal import CallJournal
+    from agent_voice_bridge.transports.call_recorder import CallRecorder
     from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
 
 
@@ -40,6 +42,12 @@ class CallInfo:
     """End the call once what the caller is hearing has played (set by the call session)."""
     end: Callable[[str | None, str], Awaitable[None]] | None = None
     """End the call now, playing one of the committed goodbyes (name, reason) first."""
+    journal: CallJournal | None = None
+    """Where the transport stages report turns, when calls are stored."""
+    recorder: CallRecorder | None = None
+    """The call's stereo recording, when ``storage.record`` is on."""
+    memory: str = ""
+    """What this caller said in earlier calls, for AI stages with ``memory`` on."""
 
     def facts(self) -> dict[str, str]:
         """Template values for instructions and greetings: every <Parameter> plus the basics."""

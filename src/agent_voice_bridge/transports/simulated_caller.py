@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import json
 import math
 import ssl
@@ -35,6 +36,7 @@ import uuid
 import wave
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -135,7 +137,20 @@ class Dtmf:
     gap: float = 0.1
 
 
-Step = Say | Pause | WaitHeard | WaitQuiet | Dtmf
+@dataclass
+class Until:
+    """Send silence until ``check()`` (sync or async) is true: a look at the server while the call is live.
+
+    Checked every ``every`` seconds of call time; after ``timeout`` an event
+    ``timeout`` is recorded and the script goes on.
+    """
+
+    check: Callable[[], bool | Awaitable[bool]]
+    timeout: float = 10.0
+    every: float = 0.1
+
+
+Step = Say | Pause | WaitHeard | WaitQuiet | Dtmf | Until
 
 
 # --------------------------------------------------------------------------- results
@@ -443,6 +458,8 @@ class _Call:
                 await self._wait_quiet(step)
             elif isinstance(step, Dtmf):
                 await self._dtmf(step)
+            elif isinstance(step, Until):
+                await self._until(step)
             else:
                 raise TypeError(f"not a call step: {step!r}")
         await self._silence(tail)
@@ -497,6 +514,20 @@ class _Call:
                 return
             budget -= 1
             if not await self._tick(_SILENT_FRAME):
+                return
+
+    async def _until(self, step: Until) -> None:
+        deadline = self.now() + step.timeout
+        while True:
+            outcome = step.check()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome:
+                return
+            if self.now() >= deadline:
+                self._event("timeout", f"Until: not true within {step.timeout:g} s")
+                return
+            if not await self._silence(step.every):
                 return
 
     async def _dtmf(self, step: Dtmf) -> None:

@@ -13,7 +13,15 @@ import asyncio
 
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.frames.frames import CancelFrame, CancelWorkerFrame, EndFrame, Frame, InputDTMFFrame, StartFrame
+from pipecat.frames.frames import (
+    CancelFrame,
+    CancelWorkerFrame,
+    EndFrame,
+    Frame,
+    InputDTMFFrame,
+    StartFrame,
+    TranscriptionFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side
@@ -47,6 +55,8 @@ class TwilioInput(Stage, FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and self._call.journal is not None:
+            self._call.journal.caller_said(frame.text)  # speech-to-speech services push these up to here
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame) and self._reader is None:
             self._reader = self.create_task(self._read_stream(), name="read_stream")
@@ -63,12 +73,16 @@ class TwilioInput(Stage, FrameProcessor):
             await self.cancel_task(reader)
 
     async def _read_stream(self) -> None:
-        stream, playback = self._stream, self._call.playback
+        stream, playback, recorder = self._stream, self._call.playback, self._call.recorder
         while True:
             event = await stream.receive()
             if isinstance(event, Media):
+                if recorder is not None:
+                    recorder.caller_audio(event.payload)
                 await self.push_frame(InputMulawAudioFrame(audio=event.payload))
             elif isinstance(event, Mark):
+                if recorder is not None:
+                    recorder.mark_echoed(event.name)
                 await playback.on_mark(event.name)
             elif isinstance(event, Dtmf):
                 await self._push_dtmf(event.digit)

@@ -23,11 +23,17 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
+    MetricsFrame,
+    ProposedUserStartedSpeakingFrame,
+    TranscriptionFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import LLMUsageMetricsData
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import Field
 
@@ -38,6 +44,17 @@ from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 
 BYTES_PER_MS = 8  # 8 kHz μ-law
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def token_usage(frame: MetricsFrame) -> dict[str, int]:
+    """The model's token counts in a metrics frame (pipecat reports usage per response)."""
+    usage: dict[str, int] = {}
+    for data in frame.data:
+        if isinstance(data, LLMUsageMetricsData):
+            for name in USAGE_FIELDS:
+                usage[name] = usage.get(name, 0) + (getattr(data.value, name, 0) or 0)
+    return usage
 
 
 class TwilioOutputParams(StageParams):
@@ -81,26 +98,49 @@ class TwilioOutput(Stage, FrameProcessor):
         if isinstance(frame, OutputMulawAudioFrame):
             await self._send_audio(frame)
             return
+        if isinstance(frame, InterruptionFrame):
+            await self._interrupt()
+        elif isinstance(frame, (TTSStartedFrame, TTSStoppedFrame)):
+            await self._end_segment()
+        self._note(frame)
+        await self.push_frame(frame, direction)
+
+    def _note(self, frame: Frame) -> None:
+        """What the latency figures and the call's journal learn from frames passing by."""
+        journal = self._call.journal
         if isinstance(frame, VADUserStoppedSpeakingFrame):
             self._caller_stopped_at = frame.timestamp - frame.stop_secs
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._caller_started_at = frame.timestamp - frame.start_secs
-        elif isinstance(frame, InterruptionFrame):
-            await self._interrupt()
+            if journal is not None:
+                journal.caller_speaking()
+        elif journal is None:
+            return
+        elif isinstance(frame, TTSTextFrame):
+            journal.agent_text(frame.text if frame.includes_inter_frame_spaces else f" {frame.text}")
         elif isinstance(frame, TTSStartedFrame):
-            await self._end_segment()
+            journal.agent_turn_started()
         elif isinstance(frame, TTSStoppedFrame):
-            await self._end_segment()
-        await self.push_frame(frame, direction)
+            journal.agent_text_done()
+        elif isinstance(frame, TranscriptionFrame):
+            journal.caller_said(frame.text)
+        elif isinstance(frame, (UserStartedSpeakingFrame, ProposedUserStartedSpeakingFrame)):
+            journal.caller_speaking()
+        elif isinstance(frame, MetricsFrame):
+            journal.add_usage(token_usage(frame))
 
     async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
         stream = self._stream
         await stream.send(stream.messages.media(frame.audio))
+        if self._call.recorder is not None:
+            self._call.recorder.agent_audio(frame.audio)
         if not frame.interruptible:
             return
         if not self._in_segment:
             self._in_segment = True
-            self._playback.new_segment()
+            segment = self._playback.new_segment()
+            if self._call.journal is not None:
+                self._call.journal.agent_audio(segment)
         ms = len(frame.audio) / BYTES_PER_MS
         self._playback.audio_sent(ms)
         self._unmarked_ms += ms
@@ -113,7 +153,10 @@ class TwilioOutput(Stage, FrameProcessor):
 
     async def _send_mark(self) -> None:
         self._unmarked_ms = 0.0
-        await self._stream.send(self._stream.messages.mark(self._playback.next_mark()))
+        name = self._playback.next_mark()
+        if self._call.recorder is not None:
+            self._call.recorder.mark_sent(name)  # before the send: its echo may be read during the await
+        await self._stream.send(self._stream.messages.mark(name))
 
     async def _end_segment(self) -> None:
         if self._in_segment and self._unmarked_ms > 0:
@@ -127,12 +170,15 @@ class TwilioOutput(Stage, FrameProcessor):
             return
         await self._stream.send(self._stream.messages.clear())
         heard = self._playback.on_clear()
+        self._settled(cleared=True)
         self._call.stats.barge_ins += 1
         metrics.BARGE_INS.inc()
         if self._caller_started_at is not None:
             metrics.BARGE_IN_LATENCY.observe(max(time.time() - self._caller_started_at, 0.0))
         logger.info(f"call {self._call.call_sid}: barge-in, cleared after {heard:.0f} ms of segment "
                     f"{self._playback.segment}")
+        if self._call.journal is not None:
+            self._call.journal.update(barge_ins=self._call.stats.barge_ins)
         await self._on_playback_idle()
 
     def _reply_started(self) -> None:
@@ -143,9 +189,20 @@ class TwilioOutput(Stage, FrameProcessor):
             if stats.first_reply_ms is None:
                 stats.first_reply_ms = latency * 1000
                 metrics.FIRST_REPLY.observe(latency)
+                if self._call.journal is not None:
+                    self._call.journal.update(first_reply_ms=round(stats.first_reply_ms, 1))
             self._caller_stopped_at = None
 
+    def _settled(self, cleared: bool) -> None:
+        """Everything sent has played, or a clear dropped the rest: the journal can finish those turns."""
+        if self._call.recorder is not None and cleared:
+            self._call.recorder.cleared()
+        if self._call.journal is not None:
+            self._call.journal.playback_settled(self._playback.heard_ms, self._playback.sent_ms, cleared)
+
     async def _on_playback_idle(self) -> None:
+        if not self._playback.playing:
+            self._settled(cleared=False)
         if self._speaking and not self._in_segment:
             self._speaking = False
             await self.broadcast_frame(BotStoppedSpeakingFrame)

@@ -19,7 +19,6 @@ Who may use it:
 
 from __future__ import annotations
 
-import hmac
 import html
 import uuid
 from importlib import resources
@@ -34,6 +33,7 @@ from loguru import logger
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.web.api_key import key_matches, presented_key
 
 STREAM_PATH = "/media-stream"
 STATIC_FILES = {
@@ -62,14 +62,6 @@ def softphone_enabled(config: BridgeConfig) -> bool:
 
 def _asset(name: str) -> str:
     return resources.files(__name__.rpartition(".")[0]).joinpath(name).read_text(encoding="utf-8")
-
-
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if not key:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
-    return key or request.query_params.get("key") or None
 
 
 def _key_form(message: str) -> str:
@@ -166,10 +158,10 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIR
         if not needs_key:
             return None
         assert api_key is not None
-        presented = _presented_key(request)
+        presented = presented_key(request)
         if presented is None:
             return "This server needs its API key to open the softphone."
-        if not hmac.compare_digest(presented.encode(), api_key.encode()):
+        if not key_matches(presented, api_key):
             logger.warning(f"softphone: wrong API key from {request.client.host if request.client else '?'}")
             return "That API key is not right."
         return None

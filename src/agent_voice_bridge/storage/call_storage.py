@@ -1,0 +1,94 @@
+"""The storage side of one call: its memory at start, its journal and recording, their close.
+
+Kept apart from the call session so that running a call and keeping its records
+stay separate concerns; every step here is bounded, since a slow database must
+delay a call's start by little and never hold up its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.storage.journal import CallJournal
+from agent_voice_bridge.storage.memory import memory_text
+from agent_voice_bridge.storage.records import CallRecord
+from agent_voice_bridge.storage.store import CallStore
+from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.call_recorder import CallRecorder
+
+if TYPE_CHECKING:
+    from agent_voice_bridge.call_session import LiveCall
+
+RECALL_TIMEOUT_SECS = 1.0
+PRIVATE_PARAMETERS = ("streamToken",)
+"""<Parameter>s that are credentials, not facts: never stored."""
+
+
+async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -> str:
+    """The memory block for this caller, when a stage wants it ('' if none, or if the database is slow)."""
+    wanted = chain.memory_calls()
+    if not wanted or not caller:
+        return ""
+    try:
+        history = await asyncio.wait_for(storage.caller_history(caller, wanted, exclude=call_sid),
+                                         RECALL_TIMEOUT_SECS)
+    except Exception as exc:  # the call starts without memory rather than not at all
+        logger.warning(f"call {call_sid}: no memory of earlier calls ({exc.__class__.__name__}: {exc})")
+        return ""
+    return memory_text(history)
+
+
+def open_journal(storage: CallStore, info: CallInfo, pipeline: str, direction: str = "inbound") -> CallJournal:
+    record = CallRecord(
+        call_sid=info.call_sid or info.stream_sid, stream_sid=info.stream_sid, caller=info.caller,
+        callee=info.callee, direction=direction, pipeline=pipeline,
+        started_at=datetime.fromtimestamp(info.started_at, timezone.utc),
+        parameters={k: v for k, v in info.parameters.items() if k not in PRIVATE_PARAMETERS})
+    journal = CallJournal(storage, record)
+    journal.open()
+    return journal
+
+
+def open_recorder(directory: str, info: CallInfo) -> CallRecorder | None:
+    path = Path(directory) / f"{info.call_sid or info.stream_sid}.wav"
+    try:
+        recorder = CallRecorder(path)
+    except OSError as exc:
+        logger.error(f"call {info.call_sid}: cannot record to {path} ({exc}); the call goes on unrecorded")
+        return None
+    if info.journal is not None:
+        info.journal.record.recording_path = str(path)
+        info.journal.update(recording_path=str(path))
+    return recorder
+
+
+async def close_records(live: LiveCall) -> None:
+    info = live.info
+    if info.recorder is not None:
+        try:
+            info.recorder.close()
+        except OSError as exc:
+            logger.error(f"call {info.call_sid}: finishing the recording failed ({exc})")
+    if info.journal is not None:
+        stats, playback = info.stats, info.playback
+        await info.journal.close(playback.heard_ms, playback.sent_ms, outcome=live.outcome, status="completed",
+                                 barge_ins=stats.barge_ins, replies=stats.replies,
+                                 first_reply_ms=None if stats.first_reply_ms is None else round(stats.first_reply_ms, 1))
+
+
+async def record_refusal(storage: CallStore, form: dict[str, str], reason: str, pipeline: str) -> None:
+    """A call the gate turned away at ``/incoming`` (allowlist, rate limit, busy) is a record too."""
+    now = datetime.now(timezone.utc)
+    record = CallRecord(call_sid=form["CallSid"], started_at=now, ended_at=now, caller=form.get("From", ""),
+                        callee=form.get("To", ""), pipeline=pipeline, status="rejected", outcome="rejected",
+                        reason=reason)
+    try:
+        await asyncio.wait_for(storage.start_call(record), RECALL_TIMEOUT_SECS)
+    except Exception as exc:
+        logger.warning(f"call {record.call_sid}: the refusal was not stored ({exc.__class__.__name__}: {exc})")

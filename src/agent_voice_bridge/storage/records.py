@@ -1,0 +1,55 @@
+"""What the store keeps about a call: plain dataclasses, so callers never touch SQLAlchemy.
+
+``CallRecord`` is one row per Twilio call (keyed by the CallSid, which is what every webhook, status
+callback and media stream carries); ``Turn`` is one utterance in its transcript.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass
+class CallRecord:
+    """One phone call. Everything but ``call_sid`` and ``started_at`` has a default, so the pieces of
+    the bridge that learn about a call at different times (the dialer, the media stream, status
+    callbacks) can each fill in what they know."""
+
+    call_sid: str
+    started_at: datetime  # timezone-aware UTC
+    stream_sid: str = ""
+    caller: str = ""  # From
+    callee: str = ""  # To
+    direction: str = "inbound"  # inbound | outbound
+    pipeline: str = ""  # the YAML file the call ran (chain.source)
+    status: str = "in_progress"  # ringing, in_progress, completed, busy, no_answer, failed
+    outcome: str | None = None  # completed | rejected | backend_failure | caller_hung_up | ... (None while running)
+    reason: str | None = None  # why (e.g. a refusal reason)
+    ended_at: datetime | None = None
+    barge_ins: int = 0
+    replies: int = 0
+    first_reply_ms: float | None = None
+    usage: dict[str, int] = field(default_factory=dict)  # model token usage, summed
+    parameters: dict[str, str] = field(default_factory=dict)  # TwiML <Parameter>s
+    recording_path: str | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to end; None while the call is still running."""
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+@dataclass
+class Turn:
+    """One utterance. Agent turns cut off by a barge-in keep only what the caller actually heard, so a
+    later call's "memory" matches the caller's."""
+
+    speaker: str  # "caller" | "agent"
+    text: str
+    started_ms: float  # ms since the call started
+    truncated: bool = False  # an agent turn cut off by a barge-in (text holds only what was heard)
+    heard_ms: float | None = None  # agent: ms of audio the caller heard
+    seq: int = 0  # order within the call, assigned by the store (1, 2, ...)

@@ -1,0 +1,65 @@
+"""``GET /calls`` and ``GET /calls/{sid}``: the stored call records and transcripts as JSON.
+
+Records name callers and hold what they said, so the API is closed unless
+``server.api_key`` is set, and then needs the key on every request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from loguru import logger
+
+from agent_voice_bridge.pipelines.config import BridgeConfig
+from agent_voice_bridge.storage import CallRecord, CallStore, Turn
+from agent_voice_bridge.web.api_key import key_matches, presented_key
+
+
+def record_json(record: CallRecord) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    for name, value in data.items():
+        if isinstance(value, datetime):
+            data[name] = value.isoformat()
+    data["duration_s"] = record.duration_s
+    return data
+
+
+def turn_json(turn: Turn) -> dict[str, Any]:
+    return dataclasses.asdict(turn)
+
+
+def calls_router(config: BridgeConfig, storage: CallStore | None) -> APIRouter:
+    router = APIRouter()
+    api_key = config.server.api_key or None
+
+    def authorised(request: Request) -> CallStore:
+        if api_key is None:
+            raise HTTPException(status_code=403, detail="the calls API is off: set server.api_key to use it")
+        presented = presented_key(request)
+        if presented is None or not key_matches(presented, api_key):
+            logger.warning(f"calls API: {'wrong' if presented else 'missing'} API key from "
+                           f"{request.client.host if request.client else '?'}")
+            raise HTTPException(status_code=401, detail="this needs the server's API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if storage is None:
+            raise HTTPException(status_code=404, detail="calls are not stored on this server (storage.url is empty)")
+        return storage
+
+    @router.get("/calls")
+    async def list_calls(request: Request, limit: int = Query(20, ge=1, le=500),
+                         caller: str | None = None) -> dict[str, Any]:
+        store = authorised(request)
+        return {"calls": [record_json(r) for r in await store.recent_calls(limit, caller=caller)]}
+
+    @router.get("/calls/{call_sid}")
+    async def show_call(request: Request, call_sid: str) -> dict[str, Any]:
+        store = authorised(request)
+        record = await store.get_call(call_sid)
+        if record is None:
+            raise HTTPException(status_code=404, detail=f"no call {call_sid}")
+        return {"call": record_json(record), "transcript": [turn_json(t) for t in await store.transcript(call_sid)]}
+
+    return router
