@@ -48,7 +48,7 @@ class LiveServer:
     """uvicorn serving the real app in a thread with its own event loop."""
 
     def __init__(self, yaml_text: str, path: str = "test.yaml", env: dict[str, str] | None = None,
-                 store: LimitStore | None = None, drain_seconds: float = 5.0):
+                 store: LimitStore | None = None, drain_seconds: float = 5.0, port: int | None = None):
         loaded = load_text(yaml_text, path, env)
         self.chain: Chain = build_chain(loaded)
         self.config = loaded.config
@@ -58,7 +58,7 @@ class LiveServer:
             url = f"sqlite:///{self._tmp.name}/calls.db"
         self.storage: CallStore | None = CallStore(url) if url else None
         self.app = create_app(loaded.config, self.chain, store or MemoryLimitStore(), self.storage)
-        self.port = free_port()
+        self.port = port or free_port()
         self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port), drain_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

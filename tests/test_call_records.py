@@ -51,8 +51,9 @@ def cli(*argv: str) -> "asyncio.Future[int]":
     return asyncio.to_thread(cli_main, list(argv))
 
 
-async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Path, capsys) -> None:
-    url = sqlite_url(tmp_path)
+async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Path, storage_url: str,
+                                                                    capsys) -> None:
+    url = storage_url
     yaml_text = ECHO_YAML + f"storage: {{url: '{url}'}}\n"
     with LiveServer(yaml_text, "pipelines/echo.yaml") as server:
         seen_live: list = []

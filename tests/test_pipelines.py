@@ -154,7 +154,7 @@ def test_schema_lists_every_stage_and_its_parameters() -> None:
 
 def test_ready_chains_in_the_repo_pass_check() -> None:
     for path in sorted((ROOT / "pipelines").glob("*.yaml")):
-        build_chain(load_file(path, {"GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k"}))
+        build_chain(load_file(path, {"GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}))
     build_chain(load_default("echo.yaml", {}))
     example = ROOT / "pipeline.yaml.example"
     build_chain(load_file(example, {}))

@@ -16,7 +16,6 @@ from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
-from twilio.rest import Client
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
@@ -27,6 +26,7 @@ from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.call_storage import close_records, open_journal, open_recorder, recall
 from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.twilio_rest import complete_call
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
@@ -80,17 +80,6 @@ class LiveCall:
         await self.end(None, reason, "ai_ended")
 
 
-def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
-    """Hang up through Twilio's REST API, so the call ends even if TwiML follows <Connect>."""
-    try:
-        client = Client(twilio.account_sid, twilio.auth_token)
-        if twilio.api_base_url:
-            client.api.base_url = twilio.api_base_url
-        client.calls(call_sid).update(status="completed")
-    except Exception as exc:  # closing the stream still ends the call
-        logger.warning(f"call {call_sid}: REST hang-up failed ({exc.__class__.__name__}); closing the stream")
-
-
 @dataclass
 class CallRegistry:
     """Live calls in this process, for /healthz, shutdown, and tests that check nothing is left."""
@@ -125,12 +114,14 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream)
+    if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello":
+        info.hello_timeout_secs = config.outbound.hello_timeout_secs
     live = LiveCall(info, config.twilio)
     info.hang_up = live.hang_up_after_playback
     info.end = live.end
     with logger.contextualize(call_sid=info.call_sid):  # every log line of this call carries its SID
         if storage is not None:
-            info.memory = await recall(storage, chain, info.caller, info.call_sid)
+            info.memory = await recall(storage, chain, info.person, info.call_sid)
             info.journal = open_journal(storage, info, chain.source)
             if config.storage.record:
                 info.recorder = open_recorder(config.storage.recordings, info)

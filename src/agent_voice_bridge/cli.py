@@ -1,4 +1,4 @@
-"""``voice-bridge``: serve, call, check, schema, calls, forget, bench."""
+"""``voice-bridge``: serve, call, check, schema, calls, forget, dial, bench."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load
 if TYPE_CHECKING:
     from agent_voice_bridge.pipelines.chain import Chain
 
-AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY")
+AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
-DEFAULT_CHAINS = (("GEMINI_API_KEY", "gemini.yaml"), ("OPENAI_API_KEY", "openai.yaml"))
+DEFAULT_CHAINS = (("GEMINI_API_KEY", "gemini.yaml"), ("OPENAI_API_KEY", "openai.yaml"),
+                  ("ANTHROPIC_API_KEY", "claude.yaml"))
 
 
 def default_chain_name() -> str:
@@ -220,6 +221,41 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dial(args: argparse.Namespace) -> int:
+    from agent_voice_bridge.dialing import dial
+    from agent_voice_bridge.storage import CallStore
+    from agent_voice_bridge.transports.twilio_rest import OutboundError
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    parameters: dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"voice-bridge dial: --param {item!r}: write it as name=value", file=sys.stderr)
+            return 2
+        parameters[name.strip()] = value
+    url = loaded.config.storage.url
+    store = CallStore(url) if url else None
+
+    async def place():
+        if store is None:
+            return await dial(loaded.config, None, args.number, parameters, loaded.path)
+        return await _with_store(store, lambda s: dial(loaded.config, s, args.number, parameters, loaded.path))
+
+    try:
+        placed = asyncio.run(place())
+    except OutboundError as exc:
+        print(f"voice-bridge dial: {exc}", file=sys.stderr)
+        return 1
+    print(f"calling {args.number}: {placed.call_sid} ({placed.status}); the server at "
+          f"{loaded.config.server.public_url} runs the call when it is answered")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in bench/ at the repo root
     from bench.__main__ import main as bench_main
@@ -268,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     forget.add_argument("number", help="the caller's number, as stored (E.164, e.g. +15551234567)")
     forget.add_argument("-c", "--config")
     forget.set_defaults(func=_cmd_forget)
+
+    dial = sub.add_parser("dial", help="place an outbound call (Twilio REST) that the server answers with its chain")
+    dial.add_argument("number", help="who to call, E.164 (+15551234567)")
+    dial.add_argument("-c", "--config", help="the server's pipeline file (Twilio account, public_url, storage)")
+    dial.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="a fact for the instructions' {NAME} (repeatable), e.g. --param reason='your booking'")
+    dial.set_defaults(func=_cmd_dial)
 
     bench = sub.add_parser("bench", help="benchmark against pipecat's Twilio path (bench --help)", add_help=False,
                            prefix_chars="+")  # every option goes to bench/__main__.py

@@ -2,7 +2,7 @@
 
 The server knows nothing about which stages exist: it holds one checked
 :class:`Chain` and builds a fresh pipeline from it for every call. Every Twilio
-webhook goes through :meth:`verified_form` (the signature), every call through
+webhook goes through :class:`SignedWebhooks` (the signature), every call through
 the :class:`CallGate` (policy, limits, stream token).
 """
 
@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request, Response, WebSocket
 from loguru import logger
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.call_session import CallRegistry, run_call
@@ -29,19 +28,10 @@ from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
 from agent_voice_bridge.web.calls_api import calls_router
+from agent_voice_bridge.web.outbound import outbound_router
+from agent_voice_bridge.web.webhooks import STREAM_PATH, SignedWebhooks, connect_twiml
 
-STREAM_PATH = "/media-stream"
 CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
-
-
-def connect_twiml(url: str, parameters: dict[str, str]) -> str:
-    response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=url)
-    for name, value in parameters.items():
-        stream.parameter(name=name, value=value)
-    response.append(connect)
-    return str(response)
 
 
 def open_storage(config: BridgeConfig) -> CallStore | None:
@@ -71,18 +61,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     app.state.chain = chain
     app.state.gate = gate
     app.state.storage = storage
+    webhooks = SignedWebhooks(gate, server)
     app.state.draining = False
-
-    async def verified_form(request: Request) -> dict[str, str]:
-        """The webhook's form, after checking Twilio signed exactly this URL and these fields."""
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        url = public_url(request.url, request.headers, public_base=server.public_url, trust_proxy=server.trust_proxy)
-        if not gate.signature_ok(url, form, request.headers.get("x-twilio-signature")):
-            metrics.REFUSED.labels("signature").inc()
-            logger.warning(f"webhook {request.url.path}: bad or missing Twilio signature "
-                           f"(call {form.get('CallSid', '?')}, signed URL taken as {url})")
-            raise HTTPException(status_code=403, detail="invalid Twilio signature")
-        return form
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -101,7 +81,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             # 503 makes Twilio use the number's fallback URL (another instance).
             metrics.REFUSED.labels("draining").inc()
             return Response("shutting down", status_code=503)
-        form = await verified_form(request)
+        form = await webhooks.form(request)
         call_sid = form.get("CallSid", "")
         refusal = await gate.admit(form)
         if refusal is not None:
@@ -110,9 +90,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             if storage is not None and call_sid:
                 await record_refusal(storage, form, refusal.reason, chain.source)
             return Response(refusal.twiml, media_type="application/xml")
-        base = public_url(request.url, request.headers, public_base=server.public_url,
-                          trust_proxy=server.trust_proxy, websocket=True)
-        url = base.split("?")[0].removesuffix(request.url.path) + STREAM_PATH
+        url = webhooks.stream_url(request)
         parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
                                                             ("callSid", "CallSid")) if form.get(field)}
         parameters.update(gate.stream_parameters(call_sid))
@@ -140,7 +118,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         await run_call(websocket, chain, calls, gate, config, storage)
 
     app.include_router(softphone_router(config, gate, chain))
-    app.include_router(calls_router(config, storage))
+    app.include_router(calls_router(config, storage, chain))
+    app.include_router(outbound_router(config, gate, webhooks, chain, storage))
     return app
 
 

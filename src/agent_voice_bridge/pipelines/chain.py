@@ -17,6 +17,7 @@ from agent_voice_bridge.pipelines.errors import ConfigError, where
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
+from agent_voice_bridge.pipelines.services import kind_of, service_audio_out
 from agent_voice_bridge.pipelines.stage import Role, Stage
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -77,7 +78,8 @@ class Chain:
 
 
 def is_secret(name: str) -> bool:
-    return any(word in name.lower() for word in SECRET_WORDS)
+    """``api_key``, ``auth_token``, ``apikey``: yes; ``max_tokens``: no."""
+    return any(part.endswith(word) for part in name.lower().split("_") for word in SECRET_WORDS)
 
 
 def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
@@ -135,6 +137,7 @@ def build_chain(loaded: LoadedConfig) -> Chain:
     fmt: AudioFormat | None = None
     side: Side = "caller"
     responders = 0
+    mismatched = False
     for i, entry in enumerate(entries):
         position = i + 1
         line = loaded.stage_lines[i] if i < len(loaded.stage_lines) else None
@@ -156,7 +159,8 @@ def build_chain(loaded: LoadedConfig) -> Chain:
         except TypeError as exc:
             problems.append(f"{at}: {exc}")
             continue
-        role: Role = cls.role if issubclass(cls, Stage) else "transform"
+        kind = None if issubclass(cls, Stage) else kind_of(cls)  # a pipecat STT/LLM/TTS by import path
+        role: Role = cls.role if issubclass(cls, Stage) else ("responder" if kind == "llm" else "transform")
         if i == 0 and role != "source":
             problems.append(f"{at}: the first stage must be twilio.input")
             fmt = MULAW_8K  # check the rest as if it were there
@@ -168,10 +172,14 @@ def build_chain(loaded: LoadedConfig) -> Chain:
         try:
             if issubclass(cls, Stage):
                 fmt = cls.audio_out(params, fmt, side)
+            elif kind is not None:
+                fmt = service_audio_out(kind, params, fmt)
         except FormatMismatch as exc:
             prev = stages[-1] if stages else None
             origin = f" from stage {prev.position} ({prev.name})" if prev else ""
-            problems.append(f"{at}: {exc}{origin}")
+            if not (audio_in is None and mismatched):  # not the echo of a mismatch reported upstream
+                problems.append(f"{at}: {exc}{origin}")
+            mismatched = True
             fmt = None
         stage_side = side
         if role == "responder":
@@ -184,7 +192,7 @@ def build_chain(loaded: LoadedConfig) -> Chain:
             problems.append(f"{where(path, last.line, last.position, last.name)}: the last stage must be twilio.output")
         if responders != 1:
             problems.append(f"{path}: pipeline: needs exactly one AI stage (echo, loopback, gemini.live, "
-                            f"openai.realtime), found {responders}")
+                            f"openai.realtime, or an LLM such as llm.anthropic), found {responders}")
     if problems:
         raise ConfigError(problems)
     return Chain(source=path, stages=stages)

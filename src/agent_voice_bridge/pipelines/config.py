@@ -111,6 +111,24 @@ class StorageConfig(_Section):
         raise ValueError("must be sqlite:///path or postgresql://user:password@host/db")  # never echo it
 
 
+class MachineAnswer(_Section):
+    say: str | None = Field(
+        default="Hello, this is an automated call. We will try to reach you again later. Goodbye.",
+        description="Message left after the beep when an answering machine picks up; empty: hang up.")
+
+
+class OutboundConfig(_Section):
+    machine_detection: bool = Field(default=True, description="Twilio's answering-machine detection "
+                                    "(DetectMessageEnd): a machine gets on_machine, a person the AI.")
+    on_machine: MachineAnswer = Field(default_factory=MachineAnswer)
+    first_turn: Literal["wait_for_hello", "greet"] = Field(
+        default="wait_for_hello",
+        description="'wait_for_hello': the AI lets the callee speak first (their 'Hello?' never cuts off "
+        "its opening line) and answers it; greets anyway after hello_timeout_secs of silence. 'greet': "
+        "it opens at once, as on inbound calls.")
+    hello_timeout_secs: float = Field(default=3.0, gt=0, le=30)
+
+
 class SeedAIConfig(BaseModel):
     """The seed project's ``ai:`` section, expanded to the default chain with that provider."""
 
@@ -130,6 +148,7 @@ class BridgeConfig(_Section):
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
 

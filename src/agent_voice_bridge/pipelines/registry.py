@@ -22,7 +22,16 @@ STAGES: dict[str, str] = {
     "loopback": "agent_voice_bridge.processors.loopback:Loopback",
     "gemini.live": "agent_voice_bridge.services.gemini_live:GeminiLive",
     "openai.realtime": "agent_voice_bridge.services.openai_realtime:OpenAIRealtime",
+    "stt.whisper": "agent_voice_bridge.services.whisper_stt:WhisperSTT",
+    "stt.deepgram": "agent_voice_bridge.services.deepgram_stt:DeepgramSTT",
+    "llm.anthropic": "agent_voice_bridge.services.anthropic_llm:AnthropicLLM",
+    "llm.openai": "agent_voice_bridge.services.openai_llm:OpenAILLM",
+    "tts.piper": "agent_voice_bridge.services.piper_tts:PiperTTS",
+    "tts.cartesia": "agent_voice_bridge.services.cartesia_tts:CartesiaTTS",
 }
+
+EXTRAS: dict[str, str] = {"stt.whisper": "local", "tts.piper": "local"}
+"""Stages whose libraries come with an optional extra of this package."""
 
 
 class UnknownStage(LookupError):
@@ -44,7 +53,8 @@ def resolve(name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownStage(f"cannot import {module_name!r}: {exc}") from exc
+        hint = f" (pip install 'agent-voice-bridge[{EXTRAS[name]}]')" if name in EXTRAS else ""
+        raise UnknownStage(f"cannot import {module_name!r}: {exc}{hint}") from exc
     cls = getattr(module, attr, None)
     if cls is None:
         raise UnknownStage(f"module {module_name!r} has no {attr!r}")

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from agent_voice_bridge.pipelines.config import BridgeConfig
-from agent_voice_bridge.pipelines.registry import STAGES, resolve
+from agent_voice_bridge.pipelines.registry import STAGES, UnknownStage, resolve
 from agent_voice_bridge.pipelines.stage import NoParams, Stage
 
 
 def stage_schemas() -> list[dict[str, Any]]:
     options: list[dict[str, Any]] = []
     for name in sorted(STAGES):
-        cls = resolve(name)
+        try:
+            cls = resolve(name)
+        except UnknownStage as exc:  # its optional extra is not installed: name it, say what is missing
+            options.append({"const": name, "description": str(exc)})
+            continue
         params = cls.Params if issubclass(cls, Stage) else NoParams
         schema = params.model_json_schema()
         options.append({"const": name, "description": (cls.__doc__ or "").strip().splitlines()[0]})

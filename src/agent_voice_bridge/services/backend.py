@@ -1,4 +1,4 @@
-"""What the two speech-to-speech stages share: parameters, greeting, call facts."""
+"""What the AI stages share: parameters, greeting, tools, call facts (speech-to-speech and cascade LLMs)."""
 
 from __future__ import annotations
 
@@ -27,24 +27,14 @@ class MemoryParams(BaseModel):
     calls: int = Field(default=3, ge=1, le=20, description="How many of the caller's last calls to recall.")
 
 
-class RealtimeParams(StageParams):
-    """Keys every speech-to-speech stage takes."""
+class AgentParams(StageParams):
+    """Keys every AI stage takes: the conversation, whatever model holds it."""
 
-    api_key: str = Field(min_length=1, description="Secret: never logged.")
-    model: str | None = Field(default=None, description="Model name; the service's default when unset.")
-    voice: str | None = Field(default=None, description="Voice name.")
     instructions: str = Field(default=DEFAULT_INSTRUCTIONS,
                               description="System prompt; {caller}, {callee}, {call_sid}, {local_time} and "
                               "any TwiML <Parameter> are filled in per call.")
     greeting: str | None = Field(default=None, description="When set the AI speaks first, saying this "
                                  "(a template like instructions).")
-    language: str = Field(default="en-US", description="BCP-47 language of the conversation.")
-    turn_detection: TurnDetection = Field(
-        default="model",
-        description="'model': the model's own voice detection decides turns and barge-in; 'local': "
-        "vad.interrupter in the chain does (the model is told when the caller starts and stops).")
-    base_url: str | None = Field(default=None, description="Endpoint override (proxies, tests).")
-    ca_file: str | None = Field(default=None, description="Extra CA certificate (PEM) to trust for base_url.")
     tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call.")
     end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
     memory: MemoryParams | None = Field(
@@ -69,6 +59,21 @@ class RealtimeParams(StageParams):
         return ToolsSchema(standard_tools=schemas) if schemas else None
 
 
+class RealtimeParams(AgentParams):
+    """Keys every speech-to-speech stage takes."""
+
+    api_key: str = Field(min_length=1, description="Secret: never logged.")
+    model: str | None = Field(default=None, description="Model name; the service's default when unset.")
+    voice: str | None = Field(default=None, description="Voice name.")
+    language: str = Field(default="en-US", description="BCP-47 language of the conversation.")
+    turn_detection: TurnDetection = Field(
+        default="model",
+        description="'model': the model's own voice detection decides turns and barge-in; 'local': "
+        "vad.interrupter in the chain does (the model is told when the caller starts and stops).")
+    base_url: str | None = Field(default=None, description="Endpoint override (proxies, tests).")
+    ca_file: str | None = Field(default=None, description="Extra CA certificate (PEM) to trust for base_url.")
+
+
 def facts_of(ctx: StageContext) -> dict[str, str]:
     return ctx.call.facts() if ctx.call is not None else {}
 
@@ -77,7 +82,7 @@ def rendered(template: str | None, ctx: StageContext) -> str | None:
     return render(template, facts_of(ctx)) if template else None
 
 
-def instructions_for(params: RealtimeParams, ctx: StageContext) -> str:
+def instructions_for(params: AgentParams, ctx: StageContext) -> str:
     """The rendered instructions, plus what this caller said in earlier calls when ``memory`` is on."""
     text = render(params.instructions, facts_of(ctx))
     if params.memory is not None and ctx.call is not None and ctx.call.memory:
@@ -119,7 +124,7 @@ class BackendWatch:
         await self.push_error(error_msg=f"AI backend lost: {reason}", force_treat_as_permanent=True)  # type: ignore[attr-defined]
 
 
-def register_tools(service, params: RealtimeParams, call: CallInfo | None) -> None:
+def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
     """Give the service a handler for each declared tool, and for ``end_call``."""
     for tool in params.tool_set():
         service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)

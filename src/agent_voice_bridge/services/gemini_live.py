@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 
 from google.genai.types import HttpOptions
-from pipecat.frames.frames import Frame, StartFrame
+from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.google.gemini_live.llm import (
@@ -35,6 +35,7 @@ from agent_voice_bridge.services.backend import (
     rendered,
     ssl_context,
 )
+from agent_voice_bridge.services.opening import DeferredGreeting, opening
 from agent_voice_bridge.transports.call_info import CallInfo
 
 EARLY_KEY = "gemini.live"
@@ -53,9 +54,11 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
     Params = GeminiLiveParams
     role = "responder"
 
-    def __init__(self, *, greeting: str | None = None, call_sid: str = "", **kwargs: Any):
+    def __init__(self, *, greeting: str | None = None, deferred: DeferredGreeting | None = None, call_sid: str = "",
+                 **kwargs: Any):
         super().__init__(inference_on_context_initialization=bool(greeting), **kwargs)
         self._greeting = greeting
+        self._deferred = deferred
         self._call_sid = call_sid
         self._opening_early = False
 
@@ -83,6 +86,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         context = ssl_context(params.ca_file)
         if context is not None:
             http["async_client_args"] = {"ssl": context}
+        greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
         service = cls(
             call_sid=ctx.call.call_sid if ctx.call is not None else "",
             api_key=params.api_key,
@@ -90,7 +94,8 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             settings=settings,
             tools=params.tools_schema(),
             http_options=HttpOptions(**http) if http else None,
-            greeting=rendered(params.greeting, ctx),
+            greeting=greeting,
+            deferred=deferred,
         )
         register_tools(service, params, ctx.call)
         return service
@@ -143,6 +148,15 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
         if isinstance(frame, StartFrame):
             messages = [{"role": "user", "content": greeting_prompt(self._greeting)}] if self._greeting else []
             await self._handle_context(LLMContext(messages=messages))
+            if self._deferred is not None:
+                self._deferred.start(self)
+
+    async def open_with_greeting(self, prompt: str) -> None:
+        await self._handle_messages_append(LLMMessagesAppendFrame(messages=[{"role": "user", "content": prompt}]))
+        await self._complete_turn()
+
+    async def open_without_greeting(self) -> None:
+        """The model answers the callee's hello with its own voice detection: nothing to send."""
 
     async def _connection_task_handler(self, config):
         if self._opening_early:

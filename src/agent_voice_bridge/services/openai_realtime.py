@@ -41,6 +41,7 @@ from agent_voice_bridge.services.backend import (
     register_tools,
     rendered,
 )
+from agent_voice_bridge.services.opening import DeferredGreeting, opening
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
@@ -74,11 +75,13 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
     role = "responder"
 
     def __init__(self, *, call: CallInfo | None = None, audio_format: str = "pcm", greeting: str | None = None,
+                 deferred: DeferredGreeting | None = None,
                  model_turns: bool = True, session_limit_secs: float = 1800, **kwargs: Any):
         super().__init__(**kwargs)
         self._call = call
         self._mulaw = audio_format == "pcmu"
         self._greeting = greeting
+        self._deferred = deferred
         self._model_turns = model_turns
         self._item_base_ms = 0.0
         self._interrupted_items: set[str] = set()
@@ -106,8 +109,9 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema())
         settings = cls.Settings(model=params.model, system_instruction=instructions_for(params, ctx),
                                 session_properties=session)
+        greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
         service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
-                      call=ctx.call, audio_format=params.audio_format, greeting=rendered(params.greeting, ctx),
+                      call=ctx.call, audio_format=params.audio_format, greeting=greeting, deferred=deferred,
                       model_turns=params.turn_detection == "model", session_limit_secs=params.session_limit_secs)
         register_tools(service, params, ctx.call)
         return service
@@ -119,13 +123,22 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._schedule_polite_end()
-            if self._greeting:
-                context = LLMContext(messages=[{"role": "user", "content": greeting_prompt(self._greeting)}])
-                await self._handle_context(context, FrameDirection.DOWNSTREAM)
+            if self._deferred is not None:
+                self._deferred.start(self)  # the conversation opens when the callee speaks or the wait ends
+            elif self._greeting:
+                await self.open_with_greeting(greeting_prompt(self._greeting))
             else:
-                # No context aggregator in the chain: an empty context lets tool results ask for the
-                # next response without making the model speak first.
-                self._context = LLMContext()
+                await self.open_without_greeting()
+
+    async def open_with_greeting(self, prompt: str) -> None:
+        await self._handle_context(LLMContext(messages=[{"role": "user", "content": prompt}]),
+                                   FrameDirection.DOWNSTREAM)
+
+    async def open_without_greeting(self) -> None:
+        # No context aggregator in the chain: an empty context lets tool results ask for the
+        # next response without making the model speak first.
+        if not self._context:
+            self._context = LLMContext()
 
     def _schedule_polite_end(self) -> None:
         call = self._call

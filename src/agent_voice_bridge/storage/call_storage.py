@@ -44,10 +44,10 @@ async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -
     return memory_text(history)
 
 
-def open_journal(storage: CallStore, info: CallInfo, pipeline: str, direction: str = "inbound") -> CallJournal:
+def open_journal(storage: CallStore, info: CallInfo, pipeline: str) -> CallJournal:
     record = CallRecord(
         call_sid=info.call_sid or info.stream_sid, stream_sid=info.stream_sid, caller=info.caller,
-        callee=info.callee, direction=direction, pipeline=pipeline,
+        callee=info.callee, direction=info.direction, pipeline=pipeline,
         started_at=datetime.fromtimestamp(info.started_at, timezone.utc),
         parameters={k: v for k, v in info.parameters.items() if k not in PRIVATE_PARAMETERS})
     journal = CallJournal(storage, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,20 @@ class CallInfo:
     """The call's stereo recording, when ``storage.record`` is on."""
     memory: str = ""
     """What this caller said in earlier calls, for AI stages with ``memory`` on."""
+    hello_timeout_secs: float | None = None
+    """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
+    caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set the first time the caller is heard speaking (a VAD onset, the model's, or a transcription)."""
+
+    @property
+    def direction(self) -> str:
+        """``outbound`` for a call the bridge placed (``dial``), else ``inbound``."""
+        return self.parameters.get("direction", "inbound")
+
+    @property
+    def person(self) -> str:
+        """The number of the person on the line: the caller, or the callee of a call we placed."""
+        return self.callee if self.direction == "outbound" else self.caller
 
     def facts(self) -> dict[str, str]:
         """Template values for instructions and greetings: every <Parameter> plus the basics."""

@@ -55,8 +55,10 @@ class TwilioInput(Stage, FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, TranscriptionFrame) and self._call.journal is not None:
-            self._call.journal.caller_said(frame.text)  # speech-to-speech services push these up to here
+        if isinstance(frame, TranscriptionFrame):
+            self._call.caller_spoke.set()
+            if self._call.journal is not None:
+                self._call.journal.caller_said(frame.text)  # speech-to-speech services push these up to here
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame) and self._reader is None:
             self._reader = self.create_task(self._read_stream(), name="read_stream")

@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
+    LLMContextUserTurnFrame,
     MetricsFrame,
     ProposedUserStartedSpeakingFrame,
     TranscriptionFrame,
@@ -106,12 +107,17 @@ class TwilioOutput(Stage, FrameProcessor):
         await self.push_frame(frame, direction)
 
     def _note(self, frame: Frame) -> None:
-        """What the latency figures and the call's journal learn from frames passing by."""
+        """What the latency figures, the call's journal and its opening line learn from frames passing by."""
         journal = self._call.journal
         if isinstance(frame, VADUserStoppedSpeakingFrame):
             self._caller_stopped_at = frame.timestamp - frame.stop_secs
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._caller_started_at = frame.timestamp - frame.start_secs
+            self._call.caller_spoke.set()
+            if journal is not None:
+                journal.caller_speaking()
+        elif isinstance(frame, (UserStartedSpeakingFrame, ProposedUserStartedSpeakingFrame)):
+            self._call.caller_spoke.set()  # the model's own voice detection
             if journal is not None:
                 journal.caller_speaking()
         elif journal is None:
@@ -122,10 +128,8 @@ class TwilioOutput(Stage, FrameProcessor):
             journal.agent_turn_started()
         elif isinstance(frame, TTSStoppedFrame):
             journal.agent_text_done()
-        elif isinstance(frame, TranscriptionFrame):
-            journal.caller_said(frame.text)
-        elif isinstance(frame, (UserStartedSpeakingFrame, ProposedUserStartedSpeakingFrame)):
-            journal.caller_speaking()
+        elif isinstance(frame, (TranscriptionFrame, LLMContextUserTurnFrame)):
+            journal.caller_said(frame.text)  # a cascade's user aggregator broadcasts the turn it took
         elif isinstance(frame, MetricsFrame):
             journal.add_usage(token_usage(frame))
 

@@ -1,4 +1,4 @@
-"""``GET /calls`` and ``GET /calls/{sid}``: the stored call records and transcripts as JSON.
+"""``GET /calls``, ``GET /calls/{sid}``: stored records and transcripts as JSON; ``POST /calls`` dials out.
 
 Records name callers and hold what they said, so the API is closed unless
 ``server.api_key`` is set, and then needs the key on every request.
@@ -12,9 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
 
+from agent_voice_bridge.dialing import dial, dial_problem
+from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
+from agent_voice_bridge.transports.twilio_rest import OutboundError, TwilioRefused
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 
 
@@ -31,11 +35,18 @@ def turn_json(turn: Turn) -> dict[str, Any]:
     return dataclasses.asdict(turn)
 
 
-def calls_router(config: BridgeConfig, storage: CallStore | None) -> APIRouter:
+class DialRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(description="The number to call, E.164 (+15551234567).")
+    parameters: dict[str, str] = Field(default_factory=dict, description="Facts for the instructions' "
+                                       "{placeholders}: why we are calling, for whom…")
+
+
+def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) -> APIRouter:
     router = APIRouter()
     api_key = config.server.api_key or None
 
-    def authorised(request: Request) -> CallStore:
+    def authorised(request: Request) -> CallStore | None:
         if api_key is None:
             raise HTTPException(status_code=403, detail="the calls API is off: set server.api_key to use it")
         presented = presented_key(request)
@@ -44,19 +55,39 @@ def calls_router(config: BridgeConfig, storage: CallStore | None) -> APIRouter:
                            f"{request.client.host if request.client else '?'}")
             raise HTTPException(status_code=401, detail="this needs the server's API key",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if storage is None:
-            raise HTTPException(status_code=404, detail="calls are not stored on this server (storage.url is empty)")
         return storage
+
+    def stored(request: Request) -> CallStore:
+        store = authorised(request)
+        if store is None:
+            raise HTTPException(status_code=404, detail="calls are not stored on this server (storage.url is empty)")
+        return store
+
+    @router.post("/calls", status_code=201)
+    async def place(request: Request, body: DialRequest) -> dict[str, Any]:
+        """Place an outbound call that runs this server's chain (Twilio REST)."""
+        store = authorised(request)
+        problem = dial_problem(config)
+        if problem:
+            raise HTTPException(status_code=503, detail=problem)
+        try:
+            placed = await dial(config, store, body.to, body.parameters, chain.source)
+        except TwilioRefused as exc:
+            raise HTTPException(status_code=502, detail=str(exc)) from None
+        except OutboundError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        logger.info(f"call {placed.call_sid}: dialling {body.to} ({placed.status})")
+        return {"call_sid": placed.call_sid, "status": placed.status}
 
     @router.get("/calls")
     async def list_calls(request: Request, limit: int = Query(20, ge=1, le=500),
                          caller: str | None = None) -> dict[str, Any]:
-        store = authorised(request)
+        store = stored(request)
         return {"calls": [record_json(r) for r in await store.recent_calls(limit, caller=caller)]}
 
     @router.get("/calls/{call_sid}")
     async def show_call(request: Request, call_sid: str) -> dict[str, Any]:
-        store = authorised(request)
+        store = stored(request)
         record = await store.get_call(call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no call {call_sid}")

@@ -34,8 +34,8 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.web.api_key import key_matches, presented_key
+from agent_voice_bridge.web.webhooks import STREAM_PATH
 
-STREAM_PATH = "/media-stream"
 STATIC_FILES = {
     "phone.js": "text/javascript; charset=utf-8",
     "phone-worklet.js": "text/javascript; charset=utf-8",

@@ -1,0 +1,49 @@
+"""What every Twilio webhook handler shares: the signature check and the TwiML that connects a stream."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+from loguru import logger
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from agent_voice_bridge import metrics
+from agent_voice_bridge.pipelines.config import ServerConfig
+from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.security.signatures import public_url
+
+STREAM_PATH = "/media-stream"
+
+
+class SignedWebhooks:
+    """Reads a webhook's form after checking Twilio signed exactly this URL and these fields (403 if not)."""
+
+    def __init__(self, gate: CallGate, server: ServerConfig):
+        self._gate = gate
+        self._server = server
+
+    async def form(self, request: Request) -> dict[str, str]:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        url = public_url(request.url, request.headers, public_base=self._server.public_url,
+                         trust_proxy=self._server.trust_proxy)
+        if not self._gate.signature_ok(url, form, request.headers.get("x-twilio-signature")):
+            metrics.REFUSED.labels("signature").inc()
+            logger.warning(f"webhook {request.url.path}: bad or missing Twilio signature "
+                           f"(call {form.get('CallSid', '?')}, signed URL taken as {url})")
+            raise HTTPException(status_code=403, detail="invalid Twilio signature")
+        return form
+
+    def stream_url(self, request: Request) -> str:
+        """``wss://…/media-stream`` on the host Twilio reached this webhook at."""
+        base = public_url(request.url, request.headers, public_base=self._server.public_url,
+                          trust_proxy=self._server.trust_proxy, websocket=True)
+        return base.split("?")[0].removesuffix(request.url.path) + STREAM_PATH
+
+
+def connect_twiml(url: str, parameters: dict[str, str]) -> str:
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response)

@@ -1,0 +1,144 @@
+"""A fake of Twilio's Voice REST API (``/2010-04-01/…/Calls``) and of Twilio's side of a placed call.
+
+The ``twilio`` package's client talks to it when ``twilio.api_base_url`` points here.
+Wire facts followed (twilio-python 9, API 2010-04-01): requests are form-encoded with
+Basic auth ``AccountSid:AuthToken`` (a wrong one is answered 401 with error 20003);
+``StatusCallbackEvent`` repeats once per event; a created call answers 201 with the
+call resource (``sid`` ``CA`` + 32 hex, ``status`` ``queued``, ``direction``
+``outbound-api``); a missing ``To``/``From``/``Url`` is a 400 with Twilio's error shape.
+
+Twilio's side of the call is driven by the test: :meth:`FakeTwilioRest.status` posts a
+signed status callback (``CallStatus`` ``initiated``/``ringing``/``in-progress``/
+``completed``/``busy``/``no-answer``/``failed``), :meth:`FakeTwilioRest.answer` posts the
+signed answer webhook to the call's ``Url`` (with ``AnsweredBy`` when machine detection
+was asked for) and returns the TwiML, which the test then plays with the simulated caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from twilio.request_validator import RequestValidator
+
+API = "/2010-04-01/Accounts/{account}"
+
+
+@dataclass
+class PlacedCall:
+    sid: str
+    form: dict[str, str | list[str]]
+    updates: list[dict[str, str]] = field(default_factory=list)
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                         "status": status}, status_code=status)
+
+
+class FakeTwilioRest:
+    """Use as ``with FakeTwilioRest("ACtest", "secret") as twilio:``; ``twilio.url`` is the API base URL."""
+
+    def __init__(self, account_sid: str, auth_token: str):
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.calls: list[PlacedCall] = []
+        self.updates: list[dict[str, str]] = []
+        self._validator = RequestValidator(auth_token)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def _authorised(self, request: Request, account: str) -> bool:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic" or account != self.account_sid:
+            return False
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+        return (user, password) == (self.account_sid, self.auth_token)
+
+    def _resource(self, call: PlacedCall, status: str) -> dict:
+        return {"sid": call.sid, "account_sid": self.account_sid, "to": call.form.get("To"),
+                "from": call.form.get("From"), "status": status, "direction": "outbound-api",
+                "api_version": "2010-04-01", "uri": f"{API.format(account=self.account_sid)}/Calls/{call.sid}.json"}
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post(API + "/Calls.json")
+        async def create(account: str, request: Request):
+            if not self._authorised(request, account):
+                return _error(401, 20003, "Authenticate")
+            raw = await request.form()
+            form: dict[str, str | list[str]] = {k: raw.getlist(k) if len(raw.getlist(k)) > 1 else str(raw[k])
+                                                for k in raw.keys()}
+            for required in ("To", "From"):
+                if not form.get(required):
+                    return _error(400, 21201 if required == "To" else 21212, f"No '{required}' number is specified")
+            if not form.get("Url") and not form.get("Twiml"):
+                return _error(400, 21205, "Url parameter is required.")
+            call = PlacedCall("CA" + uuid.uuid4().hex, form)
+            self.calls.append(call)
+            return JSONResponse(self._resource(call, "queued"), status_code=201)
+
+        @app.post(API + "/Calls/{call_sid}.json")
+        async def update(account: str, call_sid: str, request: Request):
+            if not self._authorised(request, account):
+                return _error(401, 20003, "Authenticate")
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            self.updates.append({"call": call_sid, **form})
+            return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
+
+        return app
+
+    def __enter__(self) -> FakeTwilioRest:
+        from conftest import free_port
+
+        port = free_port()
+        self._server = uvicorn.Server(uvicorn.Config(self._app(), host="127.0.0.1", port=port, log_level="warning",
+                                                     lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        started = threading.Event()
+        while not self._server.started:
+            started.wait(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(5)
+
+    # ---- Twilio's side of a placed call
+
+    def _call(self, call_sid: str) -> PlacedCall:
+        return next(c for c in self.calls if c.sid == call_sid)
+
+    def _form(self, call: PlacedCall, **extra: str) -> dict[str, str]:
+        return {"AccountSid": self.account_sid, "CallSid": call.sid, "From": str(call.form["From"]),
+                "To": str(call.form["To"]), "Direction": "outbound-api", "ApiVersion": "2010-04-01", **extra}
+
+    async def _post(self, url: str, form: dict[str, str]) -> httpx.Response:
+        signature = self._validator.compute_signature(url, form)
+        async with httpx.AsyncClient() as http:
+            return await http.post(url, data=form, headers={"X-Twilio-Signature": signature})
+
+    async def status(self, call_sid: str, status: str) -> httpx.Response:
+        call = self._call(call_sid)
+        return await self._post(str(call.form["StatusCallback"]),
+                                self._form(call, CallStatus=status, SequenceNumber=str(len(call.updates))))
+
+    async def answer(self, call_sid: str, answered_by: str | None = None) -> str:
+        """The callee picked up: Twilio fetches the call's TwiML (with AMD's verdict when asked for)."""
+        call = self._call(call_sid)
+        extra = {"CallStatus": "in-progress"}
+        if call.form.get("MachineDetection"):
+            extra["AnsweredBy"] = answered_by or "human"
+        response = await self._post(str(call.form["Url"]), self._form(call, **extra))
+        response.raise_for_status()
+        return response.text
