@@ -7,8 +7,6 @@ as streamed text for the text-to-speech stage after it. ``base_url`` points the
 
 from __future__ import annotations
 
-from typing import Any
-
 from anthropic import AsyncAnthropic
 from pipecat.services.anthropic.llm import AnthropicLLMService
 from pydantic import Field
@@ -17,7 +15,7 @@ from agent_voice_bridge.pipelines.stage import StageContext
 from agent_voice_bridge.services.cascade import (
     CascadeLLM,
     CascadeLLMParams,
-    system_instruction,
+    llm_settings,
 )
 
 
@@ -33,12 +31,7 @@ class AnthropicLLM(CascadeLLM, AnthropicLLMService):
 
     @classmethod
     def create(cls, params: AnthropicLLMParams, ctx: StageContext) -> AnthropicLLM:
-        settings: dict[str, Any] = {"system_instruction": system_instruction(params, ctx),
-                                    "max_tokens": params.max_tokens}
-        if params.model:
-            settings["model"] = params.model
-        if params.temperature is not None:
-            settings["temperature"] = params.temperature
+        settings = llm_settings(params, ctx, "max_tokens")
         client = AsyncAnthropic(api_key=params.api_key, base_url=params.base_url)
         service = cls(api_key=params.api_key, client=client, settings=cls.Settings(**settings))
         service.converse(params, ctx)

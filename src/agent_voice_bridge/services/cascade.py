@@ -64,8 +64,14 @@ class CascadeLLM(Stage):
             await self.push_frame(TTSSpeakFrame(self._greeting))  # type: ignore[attr-defined]
 
 
-def system_instruction(params: AgentParams, ctx: StageContext) -> str:
-    return instructions_for(params, ctx)
+def llm_settings(params: CascadeLLMParams, ctx: StageContext, max_tokens_key: str) -> dict[str, Any]:
+    """The service's settings from the YAML keys (each SDK names its token limit its own way)."""
+    settings: dict[str, Any] = {"system_instruction": instructions_for(params, ctx), max_tokens_key: params.max_tokens}
+    if params.model:
+        settings["model"] = params.model
+    if params.temperature is not None:
+        settings["temperature"] = params.temperature
+    return settings
 
 
 class STTParams(StageParams):

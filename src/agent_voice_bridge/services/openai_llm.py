@@ -6,8 +6,6 @@ Any endpoint that speaks OpenAI's Chat Completions works through ``base_url``
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipecat.services.openai.llm import OpenAILLMService
 from pydantic import Field
 
@@ -15,7 +13,7 @@ from agent_voice_bridge.pipelines.stage import StageContext
 from agent_voice_bridge.services.cascade import (
     CascadeLLM,
     CascadeLLMParams,
-    system_instruction,
+    llm_settings,
 )
 
 
@@ -30,12 +28,7 @@ class OpenAILLM(CascadeLLM, OpenAILLMService):
 
     @classmethod
     def create(cls, params: OpenAILLMParams, ctx: StageContext) -> OpenAILLM:
-        settings: dict[str, Any] = {"system_instruction": system_instruction(params, ctx),
-                                    "max_completion_tokens": params.max_tokens}
-        if params.model:
-            settings["model"] = params.model
-        if params.temperature is not None:
-            settings["temperature"] = params.temperature
+        settings = llm_settings(params, ctx, "max_completion_tokens")
         service = cls(api_key=params.api_key, base_url=params.base_url, settings=cls.Settings(**settings))
         service.converse(params, ctx)
         return service
