@@ -92,7 +92,8 @@ async def test_two_workers_report_every_call(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
     server = subprocess.Popen([sys.executable, "-m", "agent_voice_bridge.cli", "serve", "-c", str(config),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=tmp_path)  # its call records (./voice-bridge.db) stay in the test's folder
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

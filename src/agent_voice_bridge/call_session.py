@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
+from agent_voice_bridge.handover import move_to_fallback, take_over
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig, TwilioConfig
@@ -47,6 +48,11 @@ class LiveCall:
     goodbye: bytes | None = None
     ending: bool = False
     outcome: str = "caller_hung_up"
+    reason: str | None = None
+    next_chain: Chain | None = None
+    """The fallback chain to run on this call once the failed AI's pipeline has stopped (see handover.py)."""
+    fell_back: str | None = None
+    """Once the call moved to a fallback (``voicemail``): the outcome, however the call then ends."""
     _hang_up_task: asyncio.Task | None = None
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
@@ -54,7 +60,7 @@ class LiveCall:
         if self.ending or self.worker is None:
             return
         self.ending = True
-        self.outcome = outcome
+        self.outcome = self.fell_back or outcome
         logger.info(f"call {self.info.call_sid}: ending ({reason})")
         self.goodbye = spoken(goodbye) if goodbye else None
         await self.worker.cancel(reason=reason)
@@ -119,6 +125,7 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     live = LiveCall(info, config.twilio)
     info.hang_up = live.hang_up_after_playback
     info.end = live.end
+    info.recordings = config.storage.recordings
     with logger.contextualize(call_sid=info.call_sid):  # every log line of this call carries its SID
         if storage is not None:
             info.memory = await recall(storage, chain, info.person, info.call_sid)
@@ -139,7 +146,10 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
         max_call_seconds,
         lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached", "time_limit")))
     try:
-        await _run_pipeline(chain, live)
+        running: Chain | None = chain
+        while running is not None:
+            await _run_pipeline(running, live)
+            running = await take_over(live)  # the AI failed and its stage names a fallback chain
         if live.goodbye is not None:
             await stream.say_goodbye(live.goodbye)
     except Exception as exc:  # one call's failure must not reach the server or other calls
@@ -148,6 +158,8 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
+        if live._hang_up_task is not None:  # the caller hung up first
+            live._hang_up_task.cancel()
         await stream.close()
         await close_records(live)  # before the call counts as over: a draining shutdown waits for its record
         calls.live.pop(key, None)
@@ -181,10 +193,14 @@ async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
 
     @live.worker.event_handler("on_pipeline_error")
     async def on_pipeline_error(worker: PipelineWorker, frame: ErrorFrame) -> None:
-        # A stage that can no longer do its job (the AI backend is gone): apologise and hang up,
-        # never leave the caller in dead air.
+        # A stage that can no longer do its job (the AI backend is gone): move the caller to the fallback
+        # chain, or apologise and hang up; never leave the caller in dead air.
         if frame.processor is not None and not frame.processor.is_usable:
-            asyncio.ensure_future(live.end("apology", f"{frame.processor} failed: {frame.error}", "backend_failure"))
+            reason = f"{frame.processor} failed: {frame.error}"
+            if chain.fallback is not None:
+                move_to_fallback(live, chain.fallback, reason)
+            else:
+                asyncio.ensure_future(live.end("apology", reason, "backend_failure"))
 
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
     await runner.add_workers(live.worker)

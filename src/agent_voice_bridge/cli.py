@@ -174,20 +174,28 @@ async def _with_store(store, work):
 
 
 def _cmd_calls(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.storage.report import HEADER, call_line, call_report
+    from agent_voice_bridge.storage.report import HEADER, MESSAGE_HEADER, call_line, call_report, message_line
 
-    if args.what and (args.what[0] != "show" or len(args.what) != 2):
-        print("usage: voice-bridge calls [show CALLSID]", file=sys.stderr)
+    if args.what not in ([], ["messages"]) and (args.what[0] != "show" or len(args.what) != 2):
+        print("usage: voice-bridge calls [show CALLSID | messages]", file=sys.stderr)
         return 2
     store = _open_store(args.config)
     if store is None:
         return 1
+    if args.what == ["messages"]:
+        messages = asyncio.run(_with_store(store, lambda s: s.recent_messages(args.limit)))
+        print(MESSAGE_HEADER)
+        for record, message in messages:
+            print(message_line(record, message))
+        return 0
     if args.what:
         sid = args.what[1]
 
         async def show(store):
             record = await store.get_call(sid)
-            return None if record is None else call_report(record, await store.transcript(sid))
+            if record is None:
+                return None
+            return call_report(record, await store.transcript(sid), messages=await store.messages(sid))
 
         report = asyncio.run(_with_store(store, show))
         if report is None:
@@ -216,8 +224,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
             pass
         except OSError as exc:
             print(f"voice-bridge forget: could not delete {path}: {exc}", file=sys.stderr)
-    print(f"forgot {args.number}: {len(recordings)} recording(s) listed, {removed} deleted; "
-          "their calls and transcripts are gone")
+    print(f"forgot {args.number}: their calls, transcripts and messages are gone; {removed} of "
+          f"{len(recordings)} audio file(s) deleted")
     return 0
 
 
@@ -293,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--timeout", type=float, default=20.0, help="longest wait for a reply to finish")
     call.set_defaults(func=_cmd_call)
 
-    calls = sub.add_parser("calls", help="recent calls, a line each; 'calls show CALLSID' for one in full")
-    calls.add_argument("what", nargs="*", metavar="show CALLSID", help="show one call's record and transcript")
+    calls = sub.add_parser("calls", help="recent calls, a line each; 'calls show CALLSID' for one in full; "
+                           "'calls messages' for voicemail")
+    calls.add_argument("what", nargs="*", metavar="show CALLSID | messages",
+                       help="one call's record, transcript and messages; or the latest voicemail messages")
     calls.add_argument("-c", "--config")
     calls.add_argument("-n", "--limit", type=int, default=20)
     calls.add_argument("--from", dest="from_number", help="only calls from this number")

@@ -22,6 +22,7 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
 from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.services import message_transcriber
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.call_storage import recall, record_refusal
 from agent_voice_bridge.transports.call_info import CallInfo
@@ -50,6 +51,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             logger.info(f"call records: {storage.url_for_display}")
         yield
         if storage is not None:
+            await message_transcriber.drain()  # a message being transcribed keeps its transcript
             await storage.close()
 
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)

@@ -387,10 +387,14 @@ def test_starts_offline_passes_its_healthcheck_and_echoes(image: Image, containe
         server.stop()
     changes = container.changes()
     _log(f"container filesystem changes after the offline run: {changes}")
-    # Only the limits store (security.store: sqlite, a file per port in /tmp). Notably no ~/.cache: no
-    # model or telemetry state (onnxruntime writes a device id there unless ORT_DISABLE_TELEMETRY=1).
-    unexpected = [p for p in changes if p != "/tmp" and not p.startswith(f"/tmp/voice-bridge-{server.port}.")]
-    assert not unexpected, f"the server wrote more than its limits store (a download, a cache?): {unexpected}"
+    # Only the limits store (security.store: sqlite, a file per port in /tmp) and the call records
+    # (storage.url: sqlite:///voice-bridge.db in the working directory, the user's home). Notably no
+    # ~/.cache: no model or telemetry state (onnxruntime writes a device id there unless ORT_DISABLE_TELEMETRY=1).
+    home = "/home/voicebridge"
+    unexpected = [p for p in changes if p not in ("/tmp", "/home", home)
+                  and not p.startswith((f"/tmp/voice-bridge-{server.port}.", f"{home}/voice-bridge.db"))]
+    assert not unexpected, f"the server wrote more than its limits store and records (a download?): {unexpected}"
+    assert f"{home}/voice-bridge.db" in changes, "the call was recorded"
 
 
 async def test_mounted_config_port_from_env_signed_call_and_sigterm_drain(image: Image, container: Container,

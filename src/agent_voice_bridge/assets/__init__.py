@@ -8,5 +8,5 @@ from importlib import resources
 
 @cache
 def spoken(name: str) -> bytes:
-    """8 kHz μ-law audio of one of the committed lines: goodbye_restart, goodbye_time_limit, apology."""
+    """8 kHz μ-law audio of one of the committed lines: apology, voicemail_greeting, … (README.md here)."""
     return resources.files(__name__).joinpath(f"{name}.ulaw").read_bytes()

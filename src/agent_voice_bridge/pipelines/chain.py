@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.pipelines.errors import ConfigError, where
+from agent_voice_bridge.pipelines.fallback import build_fallback
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
@@ -55,15 +56,22 @@ class Chain:
 
     source: str
     stages: list[ResolvedStage]
+    fallback: Chain | None = None
+    """Where a call goes when the AI stage fails (its ``fallback:``), checked with this chain."""
 
     def describe(self) -> str:
-        return "\n".join(s.describe() for s in self.stages)
+        text = "\n".join(s.describe() for s in self.stages)
+        if self.fallback is not None:
+            text += f"\nfallback when the AI fails: {self.fallback.source}\n{self.fallback.describe()}"
+        return text
 
     def warm_up(self) -> None:
         """Load shared resources now, not in the first call (where it would stall every live call)."""
         for stage in self.stages:
             if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
                 stage.cls.warm_up(stage.params)
+        if self.fallback is not None:
+            self.fallback.warm_up()
 
     def memory_calls(self) -> int:
         """How many of a caller's earlier calls the stages want recalled (0: none)."""
@@ -126,8 +134,10 @@ def _format_validation(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def build_chain(loaded: LoadedConfig) -> Chain:
-    """Check every stage of ``loaded`` and return the chain, or raise ConfigError listing all problems."""
+def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
+    """Check every stage of ``loaded`` and return the chain, or raise ConfigError listing all problems.
+
+    ``fallbacks``: also load and check the chain an AI stage's ``fallback:`` names."""
     path = loaded.path
     entries = loaded.config.pipeline
     if not entries:
@@ -193,6 +203,7 @@ def build_chain(loaded: LoadedConfig) -> Chain:
         if responders != 1:
             problems.append(f"{path}: pipeline: needs exactly one AI stage (echo, loopback, gemini.live, "
                             f"openai.realtime, or an LLM such as llm.anthropic), found {responders}")
+    fallback = build_fallback(path, stages, problems) if fallbacks and not problems else None
     if problems:
         raise ConfigError(problems)
-    return Chain(source=path, stages=stages)
+    return Chain(source=path, stages=stages, fallback=fallback)

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "vad.interrupter": "agent_voice_bridge.processors.vad_interrupter:VADInterrupter",
     "echo": "agent_voice_bridge.processors.echo:EchoLine",
     "loopback": "agent_voice_bridge.processors.loopback:Loopback",
+    "voicemail": "agent_voice_bridge.processors.voicemail:Voicemail",
     "gemini.live": "agent_voice_bridge.services.gemini_live:GeminiLive",
     "openai.realtime": "agent_voice_bridge.services.openai_realtime:OpenAIRealtime",
     "stt.whisper": "agent_voice_bridge.services.whisper_stt:WhisperSTT",

@@ -40,6 +40,9 @@ class AgentParams(StageParams):
     memory: MemoryParams | None = Field(
         default=None, description="Recall the same caller's last calls (from the stored transcripts, see "
         "storage:) in the instructions, e.g. {calls: 3}.")
+    fallback: str | None = Field(
+        default=None, description="When the model cannot be reached or dies mid-call, move the caller to this "
+        "chain instead of apologising: a built-in one by name (voicemail) or path/to/chain.yaml.")
 
     @field_validator("tools")
     @classmethod
@@ -110,7 +113,7 @@ class BackendWatch:
     for every audio frame they cannot send (OpenAI): either way the caller would sit
     in dead air. A stage calls :meth:`backend_lost` instead; the error it pushes
     marks the stage unusable, and the call session answers with a spoken apology
-    and a clean hang-up.
+    and a clean hang-up, or moves the caller to the stage's ``fallback`` chain.
     """
 
     _backend_lost = False

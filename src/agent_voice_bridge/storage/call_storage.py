@@ -77,8 +77,9 @@ async def close_records(live: LiveCall) -> None:
             logger.error(f"call {info.call_sid}: finishing the recording failed ({exc})")
     if info.journal is not None:
         stats, playback = info.stats, info.playback
+        reason = {"reason": live.reason} if live.reason else {}  # why it ended as it did (a fallback's cause)
         await info.journal.close(playback.heard_ms, playback.sent_ms, outcome=live.outcome, status="completed",
-                                 barge_ins=stats.barge_ins, replies=stats.replies,
+                                 **reason, barge_ins=stats.barge_ins, replies=stats.replies,
                                  first_reply_ms=None if stats.first_reply_ms is None else round(stats.first_reply_ms, 1))
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from loguru import logger
 
-from agent_voice_bridge.storage.records import CallRecord, Turn
+from agent_voice_bridge.storage.records import CallRecord, Message, Turn
 from agent_voice_bridge.storage.store import CallStore
 
 CLOSE_TIMEOUT_SECS = 5.0
@@ -79,8 +79,11 @@ class CallJournal:
     async def _drain(self) -> None:
         while (job := await self._writes.get()) is not None:
             method, args, fields = job
+            stored = fields.pop("_stored", None)
             try:
-                await getattr(self._store, method)(*args, **fields)
+                result = await getattr(self._store, method)(*args, **fields)
+                if stored is not None:
+                    stored(result)
             except Exception as exc:  # the call goes on; the operator sees why its record is incomplete
                 if not self._failed:
                     logger.error(f"call {self.record.call_sid}: storing the call failed "
@@ -141,6 +144,14 @@ class CallJournal:
         if text or not truncated:
             self._add(Turn(speaker="agent", text=text, started_ms=self._ms(turn.started_at), truncated=truncated,
                            heard_ms=round(min(heard, sent), 1)))
+
+    def add_message(self, message: Message, stored: Callable[[int], None] | None = None) -> None:
+        """A voicemail message, written in order with the call's other writes; ``stored(id)`` once it is."""
+        self._write("add_message", self.record.call_sid, message, _stored=stored)
+
+    @property
+    def store(self) -> CallStore:
+        return self._store
 
     def update(self, **fields: Any) -> None:
         """Record fields that change mid-call (barge-ins, first reply), so a live record is current."""

@@ -1,7 +1,8 @@
 """What the store keeps about a call: plain dataclasses, so callers never touch SQLAlchemy.
 
 ``CallRecord`` is one row per Twilio call (keyed by the CallSid, which is what every webhook, status
-callback and media stream carries); ``Turn`` is one utterance in its transcript.
+callback and media stream carries); ``Turn`` is one utterance in its transcript; ``Message`` a voicemail
+the caller left.
 """
 
 from __future__ import annotations
@@ -53,3 +54,17 @@ class Turn:
     truncated: bool = False  # an agent turn cut off by a barge-in (text holds only what was heard)
     heard_ms: float | None = None  # agent: ms of audio the caller heard
     seq: int = 0  # order within the call, assigned by the store (1, 2, ...)
+
+
+@dataclass
+class Message:
+    """A voicemail message: the caller's audio (a WAV file beside the recordings) and, once a local
+    transcriber has heard it, its transcript."""
+
+    created_at: datetime  # timezone-aware UTC: when the recording began (the beep)
+    duration_ms: float
+    audio_path: str  # 8 kHz mono PCM16 WAV
+    ended_by: str  # silence | key | max_seconds | hangup
+    transcript: str | None = None  # None until transcribed (or with no transcriber installed)
+    id: int = 0  # assigned by the store
+    call_sid: str = ""  # filled in by the store's reads

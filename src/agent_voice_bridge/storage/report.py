@@ -1,8 +1,10 @@
-"""Call records and transcripts as text, for ``voice-bridge calls``."""
+"""Call records, transcripts and voicemail messages as text, for ``voice-bridge calls``."""
 
 from __future__ import annotations
 
-from agent_voice_bridge.storage.records import CallRecord, Turn
+from collections.abc import Sequence
+
+from agent_voice_bridge.storage.records import CallRecord, Message, Turn
 
 HEADER = f"{'started (UTC)':<19}  {'call':<34}  {'dir':<3}  {'from':<16}  {'to':<16}  {'secs':>6}  outcome"
 
@@ -26,7 +28,28 @@ def turn_line(turn: Turn) -> str:
     return f"  {_seconds(turn.started_ms):>7}  {who:>6}: {turn.text}{cut}"
 
 
-def call_report(record: CallRecord, turns: list[Turn]) -> str:
+MESSAGE_HEADER = f"{'left (UTC)':<19}  {'call':<34}  {'from':<16}  {'secs':>5}  {'ended by':<11}  transcript"
+
+
+def _transcript(message: Message) -> str:
+    if message.transcript is None:
+        return "(not transcribed)"
+    return message.transcript or "(no words)"
+
+
+def message_line(record: CallRecord, message: Message) -> str:
+    """One voicemail message in a listing (``CallStore.recent_messages``), under MESSAGE_HEADER."""
+    return (f"{message.created_at:%Y-%m-%d %H:%M:%S}  {record.call_sid:<34}  {record.caller or '-':<16}  "
+            f"{message.duration_ms / 1000:>5.1f}  {message.ended_by:<11}  {_transcript(message)}")
+
+
+def message_detail(message: Message) -> str:
+    """A message inside one call's report."""
+    return (f"  {message.created_at:%H:%M:%S}  {message.duration_ms / 1000:.1f} s, ended by {message.ended_by}, "
+            f"{message.audio_path}\n           {_transcript(message)}")
+
+
+def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Message] = ()) -> str:
     first = f"{record.first_reply_ms:.0f} ms" if record.first_reply_ms is not None else "-"
     usage = ", ".join(f"{k}={v}" for k, v in sorted(record.usage.items())) or "-"
     lines = [
@@ -44,4 +67,7 @@ def call_report(record: CallRecord, turns: list[Turn]) -> str:
         lines.append(f"recording  {record.recording_path}")
     lines.append("transcript" if turns else "transcript (none)")
     lines.extend(turn_line(t) for t in turns)
+    if messages:
+        lines.append("voicemail")
+        lines.extend(message_detail(m) for m in messages)
     return "\n".join(lines)

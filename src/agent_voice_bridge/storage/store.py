@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import tables as t
 from .engine import WRITE, create_engine, parse_store_url
-from .records import CallRecord, Turn
+from .records import CallRecord, Message, Turn
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key serialising migrations across hosts ("avbstore" as 8 bytes; any constant would do).
@@ -64,6 +64,12 @@ def _turn(row: Row[Any]) -> Turn:
     m = row._mapping
     return Turn(speaker=m["speaker"], text=m["text"], started_ms=m["started_ms"], truncated=bool(m["truncated"]),
                 heard_ms=m["heard_ms"], seq=m["seq"])
+
+
+def _message(row: Row[Any]) -> Message:
+    m = row._mapping
+    return Message(created_at=m["created_at"], duration_ms=m["duration_ms"], audio_path=m["audio_path"],
+                   ended_by=m["ended_by"], transcript=m["transcript"], id=m["id"], call_sid=m["call_sid"])
 
 
 def _party(number: str) -> ColumnElement[bool]:
@@ -186,16 +192,37 @@ class CallStore:
                 truncated=turn.truncated, heard_ms=turn.heard_ms))
         return seq
 
+    async def add_message(self, call_sid: str, message: Message) -> int:
+        """Store a voicemail message and commit; returns its id. A call without a row gets a minimal one,
+        as in update_call (``message.id`` and ``message.call_sid`` are ignored)."""
+        call = self._insert(t.calls).values(**asdict(CallRecord(call_sid=call_sid, started_at=_utcnow())))
+        call = call.on_conflict_do_nothing(index_elements=[t.calls.c.call_sid])
+        insert = t.messages.insert().values(
+            call_sid=call_sid, created_at=message.created_at, duration_ms=message.duration_ms,
+            audio_path=message.audio_path, transcript=message.transcript, ended_by=message.ended_by)
+        async with self._write() as conn:
+            await conn.execute(call)
+            return (await conn.execute(insert.returning(t.messages.c.id))).scalar_one()
+
+    async def set_message_transcript(self, message_id: int, transcript: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(t.messages.update().where(t.messages.c.id == message_id)
+                               .values(transcript=transcript))
+
     async def forget(self, caller: str) -> list[str]:
-        """Delete every call with this number (it called, or an outbound call went to it) and their turns.
-        Returns the recording paths those calls had; deleting the files is the caller's job."""
+        """Delete every call with this number (it called, or an outbound call went to it), their turns and
+        voicemail messages. Returns the recording and message audio paths those calls had; deleting the
+        files is the caller's job."""
         if not caller:
             return []
         sids = select(t.calls.c.call_sid).where(_party(caller))
         async with self._write() as conn:
             await conn.execute(delete(t.turns).where(t.turns.c.call_sid.in_(sids)))
+            messages = await conn.execute(delete(t.messages).where(t.messages.c.call_sid.in_(sids))
+                                          .returning(t.messages.c.audio_path))
+            audio = [path for (path,) in messages.all() if path]
             result = await conn.execute(delete(t.calls).where(_party(caller)).returning(t.calls.c.recording_path))
-            return [path for (path,) in result.all() if path]
+            return [path for (path,) in result.all() if path] + audio
 
     # ------------------------------------------------------------------ reads
 
@@ -209,6 +236,21 @@ class CallStore:
         async with self._read() as conn:
             result = await conn.execute(select(t.turns).where(t.turns.c.call_sid == call_sid).order_by(t.turns.c.seq))
             return [_turn(row) for row in result]
+
+    async def messages(self, call_sid: str) -> list[Message]:
+        """The call's voicemail messages, oldest first."""
+        query = (select(t.messages).where(t.messages.c.call_sid == call_sid)
+                 .order_by(t.messages.c.created_at, t.messages.c.id))
+        async with self._read() as conn:
+            return [_message(row) for row in await conn.execute(query)]
+
+    async def recent_messages(self, limit: int = 20) -> list[tuple[CallRecord, Message]]:
+        """The newest voicemail messages (by created_at), each with its call's record."""
+        query = (select(t.messages, *[t.calls.c[name] for name in _RECORD_FIELDS if name != "call_sid"])
+                 .join(t.calls, t.calls.c.call_sid == t.messages.c.call_sid)
+                 .order_by(t.messages.c.created_at.desc(), t.messages.c.id.desc()).limit(max(limit, 0)))
+        async with self._read() as conn:
+            return [(_record(row), _message(row)) for row in await conn.execute(query)]
 
     async def recent_calls(self, limit: int = 20, caller: str | None = None) -> list[CallRecord]:
         """Newest first by started_at; ``caller`` keeps the calls with that number (as in forget)."""

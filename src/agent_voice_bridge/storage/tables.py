@@ -1,4 +1,4 @@
-"""The two tables, as SQLAlchemy Core (no ORM: the store maps rows to dataclasses itself).
+"""The tables, as SQLAlchemy Core (no ORM: the store maps rows to dataclasses itself).
 
 These describe the schema the *migrations* create; they are used to build queries and must stay in step
 with ``migrations/versions`` (tests/test_storage.py compares the two). Change the schema by adding a
@@ -100,4 +100,18 @@ turns = Table(
     Column("started_ms", Float, nullable=False),
     Column("truncated", Boolean, nullable=False),
     Column("heard_ms", Float),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_sid", Text, ForeignKey("calls.call_sid", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("audio_path", Text, nullable=False),
+    Column("transcript", Text),
+    Column("ended_by", Text, nullable=False),
+    Index(None, "call_sid"),
+    Index(None, "created_at"),
 )

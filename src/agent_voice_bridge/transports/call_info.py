@@ -13,6 +13,7 @@ from agent_voice_bridge.transports.playback import PlaybackTracker
 if TYPE_CHECKING:
     from agent_voice_bridge.storage.journal import CallJournal
     from agent_voice_bridge.transports.call_recorder import CallRecorder
+    from agent_voice_bridge.transports.twilio_protocol import Event
     from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
 
 
@@ -49,6 +50,10 @@ class CallInfo:
     """The call's stereo recording, when ``storage.record`` is on."""
     memory: str = ""
     """What this caller said in earlier calls, for AI stages with ``memory`` on."""
+    recordings: str = "recordings"
+    """The directory for this call's audio files (``storage.recordings``): voicemail messages."""
+    handover: list[Event | None] | None = None
+    """While the call moves to a fallback chain: what the old ``twilio.input`` read but did not pass on."""
     hello_timeout_secs: float | None = None
     """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
     caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)

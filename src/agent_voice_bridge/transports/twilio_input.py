@@ -4,7 +4,9 @@ The server has already read ``connected`` and ``start`` (it needs the call's fac
 to build the chain); this stage reads the rest. Mark echoes go to the call's
 playback tracker rather than down the chain, since they describe what the caller
 heard, not what they said. When the caller hangs up (``stop`` or a closed socket)
-it cancels the pipeline: there is nobody left to flush audio to.
+it cancels the pipeline: there is nobody left to flush audio to. When the call moves
+to a fallback chain (``call.handover``), this input stops reading and the next chain's
+input takes over the stream, starting with any event this one had in hand.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class TwilioInput(Stage, FrameProcessor):
         self._call = call
         self._stream = call.stream
         self._reader: asyncio.Task | None = None
+        self._stopped = False
 
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -70,14 +73,22 @@ class TwilioInput(Stage, FrameProcessor):
         await self._stop_reader()
 
     async def _stop_reader(self) -> None:
+        self._stopped = True
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             await self.cancel_task(reader)
 
     async def _read_stream(self) -> None:
         stream, playback, recorder = self._stream, self._call.playback, self._call.recorder
+        backlog, self._call.handover = self._call.handover or [], None  # left unread by the chain before this one
         while True:
-            event = await stream.receive()
+            event = backlog.pop(0) if backlog else await stream.receive()
+            if self._stopped or self._call.handover is not None:
+                # Being stopped (Python 3.11's wait_for may swallow the cancellation once a message is in), or
+                # the call is moving to a fallback chain: the next chain's input reads from here on.
+                if self._call.handover is not None:
+                    self._call.handover.append(event)
+                return
             if isinstance(event, Media):
                 if recorder is not None:
                     recorder.caller_audio(event.payload)

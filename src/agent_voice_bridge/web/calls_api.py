@@ -18,16 +18,18 @@ from agent_voice_bridge.dialing import dial, dial_problem
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
+from agent_voice_bridge.storage.records import Message
 from agent_voice_bridge.transports.twilio_rest import OutboundError, TwilioRefused
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 
 
-def record_json(record: CallRecord) -> dict[str, Any]:
+def record_json(record: CallRecord | Message) -> dict[str, Any]:
     data = dataclasses.asdict(record)
     for name, value in data.items():
         if isinstance(value, datetime):
             data[name] = value.isoformat()
-    data["duration_s"] = record.duration_s
+    if isinstance(record, CallRecord):
+        data["duration_s"] = record.duration_s
     return data
 
 
@@ -91,6 +93,7 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
         record = await store.get_call(call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no call {call_sid}")
-        return {"call": record_json(record), "transcript": [turn_json(t) for t in await store.transcript(call_sid)]}
+        return {"call": record_json(record), "transcript": [turn_json(t) for t in await store.transcript(call_sid)],
+                "messages": [record_json(m) for m in await store.messages(call_sid)]}
 
     return router
