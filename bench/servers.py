@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_voice_bridge.cli import usable_cores
+
 try:
     import psutil
 except ImportError:  # pragma: no cover - exercised on machines without psutil
@@ -196,7 +198,9 @@ class ServerSpec:
 
     @property
     def workers(self) -> int:
-        return int(self.argv[self.argv.index("--workers") + 1]) if "--workers" in self.argv else 1
+        if "--workers" in self.argv:
+            return int(self.argv[self.argv.index("--workers") + 1])
+        return usable_cores() if self.name == "ours" else 1  # serve's default: one worker per core
 
     @property
     def port(self) -> int:

@@ -8,6 +8,8 @@ them; memory carries one call's summary into the next call's instructions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -254,7 +256,8 @@ async def test_a_killed_server_keeps_what_was_said(tmp_path: Path) -> None:
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "agent_voice_bridge.cli", "serve", "-c", str(config),
                                    "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)  # the supervisor and its workers, killed together
         reader = CallStore(url)
         try:
             await wait_healthy(port, server)
@@ -265,7 +268,7 @@ async def test_a_killed_server_keeps_what_was_said(tmp_path: Path) -> None:
                 said[:] = await reader.transcript(calls[0].call_sid) if calls else []
                 if len(said) < 2:
                     return False
-                server.send_signal(signal.SIGKILL)  # mid-call, mid-reply: no clean shutdown at all
+                os.killpg(server.pid, signal.SIGKILL)  # mid-call, mid-reply: no clean shutdown at all
                 return True
 
             steps = [WaitHeard(timeout=10), WaitQuiet(idle=0.6), Say(speech("hello-world")), WaitHeard(),
@@ -275,7 +278,8 @@ async def test_a_killed_server_keeps_what_was_said(tmp_path: Path) -> None:
             record = await reader.get_call(result.call_sid)
             turns = await reader.transcript(result.call_sid)
         finally:
-            server.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
             await reader.close()
     assert record is not None and record.caller == CALLER and record.outcome is None and record.ended_at is None
     assert [(t.speaker, t.text) for t in turns[:2]] == [("agent", DEFAULT_TRANSCRIPT), ("caller", CALLER_SAID)]

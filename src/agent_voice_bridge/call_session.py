@@ -160,13 +160,13 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
         limit.cancel()
         if live._hang_up_task is not None:  # the caller hung up first
             live._hang_up_task.cancel()
+        metrics.LIVE_CALLS.dec()
+        metrics.CALLS.labels(live.outcome).inc()  # counted before the caller sees the stream close
+        await gate.call_ended(info.call_sid)
         await stream.close()
-        await close_records(live)  # before the call counts as over: a draining shutdown waits for its record
+        await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1
-        metrics.LIVE_CALLS.dec()
-        metrics.CALLS.labels(live.outcome).inc()
-        await gate.call_ended(info.call_sid)
         logger.info(summary_line(live))
 
 

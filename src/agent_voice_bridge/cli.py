@@ -29,6 +29,14 @@ def default_chain_name() -> str:
     return next((name for key, name in DEFAULT_CHAINS if os.environ.get(key)), "echo.yaml")
 
 
+def usable_cores() -> int:
+    """One worker per core: a process runs its calls on one core (the event loop)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_config(path: str | None) -> LoadedConfig:
     """``-c FILE``, else ./pipeline.yaml, else the built-in chain for the AI key that is set."""
     if path:
@@ -102,13 +110,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("*** Twilio signature and stream-token checks are OFF (no twilio.auth_token): anyone who finds "
               "this server can place calls. Fine for local development only. ***", file=sys.stderr)
     drain = loaded.config.server.drain_seconds
-    if args.workers > 1:
+    workers = args.workers or usable_cores()
+    if workers > 1:
         os.environ[LOG_LEVEL_ENV] = args.log_level
         os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="voice-bridge-metrics-"))
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
-              workers=args.workers, tls=tls)
+              workers=workers, tls=tls)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
                          chain), host=host, port=port, drain_seconds=drain, tls=tls)
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("-c", "--config", help="pipeline YAML (default ./pipeline.yaml, else the built-in echo line)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes sharing the port (default: one per core this process may use)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_cmd_serve)
 

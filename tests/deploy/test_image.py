@@ -387,12 +387,14 @@ def test_starts_offline_passes_its_healthcheck_and_echoes(image: Image, containe
         server.stop()
     changes = container.changes()
     _log(f"container filesystem changes after the offline run: {changes}")
-    # Only the limits store (security.store: sqlite, a file per port in /tmp) and the call records
-    # (storage.url: sqlite:///voice-bridge.db in the working directory, the user's home). Notably no
-    # ~/.cache: no model or telemetry state (onnxruntime writes a device id there unless ORT_DISABLE_TELEMETRY=1).
+    # Only the limits store (security.store: sqlite, a file per port in /tmp), the workers' shared metrics
+    # (one worker per core: /tmp/voice-bridge-metrics-*) and the call records (storage.url:
+    # sqlite:///voice-bridge.db in the working directory, the user's home). Notably no ~/.cache: no model or
+    # telemetry state (onnxruntime writes a device id there unless ORT_DISABLE_TELEMETRY=1).
     home = "/home/voicebridge"
     unexpected = [p for p in changes if p not in ("/tmp", "/home", home)
-                  and not p.startswith((f"/tmp/voice-bridge-{server.port}.", f"{home}/voice-bridge.db"))]
+                  and not p.startswith((f"/tmp/voice-bridge-{server.port}.", "/tmp/voice-bridge-metrics-",
+                                        f"{home}/voice-bridge.db"))]
     assert not unexpected, f"the server wrote more than its limits store and records (a download?): {unexpected}"
     assert f"{home}/voice-bridge.db" in changes, "the call was recorded"
 
@@ -410,7 +412,9 @@ async def test_mounted_config_port_from_env_signed_call_and_sigterm_drain(image:
     config.chmod(0o644)
     server = ImageProcess(image, container.root, tmp_path / "served.log", mounts={"/config/pipeline.yaml": config},
                           env={"PORT": str(port), "HOST": "127.0.0.1", "PUBLIC_URL": f"http://127.0.0.1:{port}",
-                               "TWILIO_AUTH_TOKEN": TOKEN})
+                               "TWILIO_AUTH_TOKEN": TOKEN,
+                               # one process: this test watches the call go live in that process's /healthz
+                               "VOICE_BRIDGE_WORKERS": "1"})
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(timeout=5) as client:
