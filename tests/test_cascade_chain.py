@@ -117,3 +117,11 @@ def test_a_piece_of_the_reply_heard_in_part_keeps_that_share_of_its_words() -> N
     assert _heard_part(piece, 1000.0) is None and _heard_part(piece, 1200.0) is None
     assert _heard_part(piece, 1500.0).text == " one two"
     assert _heard_part(piece, 1999.0).text == " one two three"
+
+
+@pytest.mark.skipif(not LOCAL, reason="the [local] extra is not installed: pip install 'agent-voice-bridge[local]'")
+def test_whisper_without_a_vad_before_it_is_refused() -> None:
+    claude = (ROOT / "pipelines" / "claude.yaml").read_text()
+    without_vad = "\n".join(line for line in claude.splitlines() if "vad.interrupter" not in line) + "\n"
+    message = check(without_vad.replace("${ANTHROPIC_API_KEY}", "k"))
+    assert "(stt.whisper): transcribes whole utterances, so it needs vad.interrupter before it" in message, message

@@ -85,6 +85,19 @@ class Chain:
                 stage.cls.connect_early(stage.params, call)
 
 
+def _unsegmented(path: str, stages: list[ResolvedStage]) -> list[str]:
+    """A speech-to-text that transcribes whole utterances (Whisper) hears nothing without a VAD before it."""
+    from pipecat.processors.audio.vad_processor import VADProcessor
+    from pipecat.services.stt_service import SegmentedSTTService
+
+    problems = []
+    for i, stage in enumerate(stages):
+        if issubclass(stage.cls, SegmentedSTTService) and not any(issubclass(s.cls, VADProcessor) for s in stages[:i]):
+            problems.append(f"{where(path, stage.line, stage.position, stage.name)}: transcribes whole utterances, "
+                            "so it needs vad.interrupter before it (to say where each one starts and ends)")
+    return problems
+
+
 def is_secret(name: str) -> bool:
     """``api_key``, ``auth_token``, ``apikey``: yes; ``max_tokens``: no."""
     return any(part.endswith(word) for part in name.lower().split("_") for word in SECRET_WORDS)
@@ -203,6 +216,7 @@ def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
         if responders != 1:
             problems.append(f"{path}: pipeline: needs exactly one AI stage (echo, loopback, gemini.live, "
                             f"openai.realtime, or an LLM such as llm.anthropic), found {responders}")
+        problems.extend(_unsegmented(path, stages))
     fallback = build_fallback(path, stages, problems) if fallbacks and not problems else None
     if problems:
         raise ConfigError(problems)
