@@ -113,6 +113,13 @@ class LiveServer:
             time.sleep(0.05)
 
 
+def run_cli(*argv: str) -> asyncio.Future[int]:
+    """``voice-bridge …`` in a thread: it runs its own event loop, which a test's loop cannot host."""
+    from agent_voice_bridge.cli import main
+
+    return asyncio.to_thread(main, list(argv))
+
+
 async def _task_names() -> list[str]:
     return [t.get_name() for t in asyncio.all_tasks() if not t.done()]
 

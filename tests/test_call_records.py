@@ -8,11 +8,8 @@ them; memory carries one call's summary into the next call's instructions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -20,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 
-from agent_voice_bridge.cli import main as cli_main
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, Until, WaitHeard, WaitQuiet, run_call
-from conftest import ECHO_YAML, LiveServer, free_port, speech
+from conftest import ECHO_YAML, LiveServer, free_port, run_cli, speech
 from fakes.openai_realtime import DEFAULT_TRANSCRIPT, FakeOpenAIRealtime
+from test_security import ServeProcess
 
 CALLER, LINE = "+15557770001", "+15557770002"
 CALLER_SAID = "Hello world, I need to change my booking."
@@ -46,11 +43,6 @@ def openai_yaml(fake: FakeOpenAIRealtime, storage_url: str, *, memory: bool = Fa
 
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/calls.db"
-
-
-def cli(*argv: str) -> "asyncio.Future[int]":
-    """The command line, in a thread (it runs its own event loop)."""
-    return asyncio.to_thread(cli_main, list(argv))
 
 
 async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Path, storage_url: str,
@@ -85,13 +77,13 @@ async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Pat
     config = tmp_path / "echo.yaml"
     config.write_text(yaml_text)
     capsys.readouterr()
-    assert await cli("calls", "-c", str(config)) == 0
+    assert await run_cli("calls", "-c", str(config)) == 0
     listing = capsys.readouterr().out.splitlines()
     assert len(listing) == 2 and result.call_sid in listing[1] and "caller_hung_up" in listing[1]
-    assert await cli("calls", "show", result.call_sid, "-c", str(config)) == 0
+    assert await run_cli("calls", "show", result.call_sid, "-c", str(config)) == 0
     shown = capsys.readouterr().out
     assert f"from {CALLER} to {LINE}" in shown and "barge-ins 1" in shown
-    assert await cli("calls", "show", "CAnope", "-c", str(config)) == 1
+    assert await run_cli("calls", "show", "CAnope", "-c", str(config)) == 1
 
 
 async def test_transcript_holds_both_sides_and_only_what_was_heard(storage_url: str) -> None:
@@ -136,7 +128,7 @@ async def test_second_call_remembers_the_first_and_forget_removes_it(tmp_path: P
             await run_call(server.http_url, steps, from_number=CALLER, to_number=LINE)
             await run_call(server.http_url, steps, from_number="+15550009999", to_number=LINE)
             server.wait_idle(finished=3)
-            assert await cli("forget", CALLER, "-c", str(config)) == 0
+            assert await run_cli("forget", CALLER, "-c", str(config)) == 0
             await run_call(server.http_url, steps, from_number=CALLER, to_number=LINE)
             server.wait_idle(finished=4)
             left = server.db(CallStore.recent_calls, 10)
@@ -253,14 +245,10 @@ async def test_a_killed_server_keeps_what_was_said(tmp_path: Path) -> None:
     async with FakeOpenAIRealtime(input_transcript=CALLER_SAID, reply_seconds=4.0) as fake:
         config = tmp_path / "killed.yaml"
         config.write_text(openai_yaml(fake, url))
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "agent_voice_bridge.cli", "serve", "-c", str(config),
-                                   "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)  # the supervisor and its workers, killed together
+        server = ServeProcess(config, free_port(), "--host", "127.0.0.1")  # its own process group
         reader = CallStore(url)
         try:
-            await wait_healthy(port, server)
+            await asyncio.to_thread(server.wait_ready)
             said: list = []
 
             async def two_turns_then_kill() -> bool:
@@ -268,32 +256,18 @@ async def test_a_killed_server_keeps_what_was_said(tmp_path: Path) -> None:
                 said[:] = await reader.transcript(calls[0].call_sid) if calls else []
                 if len(said) < 2:
                     return False
-                os.killpg(server.pid, signal.SIGKILL)  # mid-call, mid-reply: no clean shutdown at all
+                os.killpg(server.proc.pid, signal.SIGKILL)  # supervisor and workers, mid-reply: no clean shutdown
                 return True
 
             steps = [WaitHeard(timeout=10), WaitQuiet(idle=0.6), Say(speech("hello-world")), WaitHeard(),
                      Until(two_turns_then_kill, timeout=10), Pause(2.0)]
-            result = await run_call(f"http://127.0.0.1:{port}/incoming", steps, from_number=CALLER)
-            assert server.wait(10) == -signal.SIGKILL
+            result = await run_call(f"{server.base}/incoming", steps, from_number=CALLER)
+            assert server.proc.wait(10) == -signal.SIGKILL
             record = await reader.get_call(result.call_sid)
             turns = await reader.transcript(result.call_sid)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
+            server.stop()
             await reader.close()
     assert record is not None and record.caller == CALLER and record.outcome is None and record.ended_at is None
     assert [(t.speaker, t.text) for t in turns[:2]] == [("agent", DEFAULT_TRANSCRIPT), ("caller", CALLER_SAID)]
 
-
-async def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with httpx.AsyncClient() as http:
-        while True:
-            assert process.poll() is None, "the server exited at start"
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/healthz", timeout=1)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert asyncio.get_running_loop().time() < deadline, "the server did not come up"
-            await asyncio.sleep(0.1)

@@ -15,7 +15,7 @@ import pytest
 from agent_voice_bridge.cli import main as cli_main
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, parse_twiml, run_call
-from conftest import LiveServer, free_port, speech
+from conftest import LiveServer, free_port, run_cli, speech
 from fakes.openai_realtime import FakeOpenAIRealtime
 from fakes.twilio_rest import FakeTwilioRest
 
@@ -34,10 +34,6 @@ def outbound_yaml(port: int, twilio: FakeTwilioRest, fake: FakeOpenAIRealtime, t
             "      instructions: 'You are calling {callee} about {reason}.'\n  - twilio.output\n")
 
 
-def cli(*argv: str) -> asyncio.Future[int]:
-    return asyncio.to_thread(cli_main, list(argv))
-
-
 async def test_dial_places_the_call_and_the_answered_call_runs_the_chain_with_its_parameters(tmp_path: Path) -> None:
     port = free_port()
     async with FakeOpenAIRealtime(reply_seconds=1.0) as fake:
@@ -46,7 +42,7 @@ async def test_dial_places_the_call_and_the_answered_call_runs_the_chain_with_it
             config = tmp_path / "outbound.yaml"
             config.write_text(yaml_text)
             with LiveServer(yaml_text, str(config), port=port) as server:
-                assert await cli("dial", CALLEE, "-c", str(config), "--param", "reason=your dentist appointment") == 0
+                assert await run_cli("dial", CALLEE, "-c", str(config), "--param", "reason=your dentist appointment") == 0
                 placed, = twilio.calls
                 queued = server.db(CallStore.get_call, placed.sid)
                 assert (await twilio.status(placed.sid, "ringing")).status_code == 204

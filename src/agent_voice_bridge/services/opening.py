@@ -17,7 +17,7 @@ from agent_voice_bridge.services.backend import greeting_prompt
 from agent_voice_bridge.transports.call_info import CallInfo
 
 
-class GreetsLate(Protocol):
+class OpensConversation(Protocol):
     """What an AI stage does for a deferred greeting (each model's API opens a conversation its own way)."""
 
     def create_task(self, coroutine, name: str | None = None) -> asyncio.Task: ...
@@ -37,10 +37,10 @@ class DeferredGreeting:
         self._call = call
         self._timeout = timeout
 
-    def start(self, service: GreetsLate) -> None:
+    def start(self, service: OpensConversation) -> None:
         service.create_task(self._greet_unless_hello(service), name="deferred_greeting")
 
-    async def _greet_unless_hello(self, service: GreetsLate) -> None:
+    async def _greet_unless_hello(self, service: OpensConversation) -> None:
         try:
             await asyncio.wait_for(self._call.caller_spoke.wait(), self._timeout)
         except asyncio.TimeoutError:

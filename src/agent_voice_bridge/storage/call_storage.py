@@ -25,7 +25,8 @@ from agent_voice_bridge.transports.call_recorder import CallRecorder
 if TYPE_CHECKING:
     from agent_voice_bridge.call_session import LiveCall
 
-RECALL_TIMEOUT_SECS = 1.0
+DB_TIMEOUT_SECS = 1.0
+"""How long a call start (memory) or an /incoming refusal waits for the database."""
 PRIVATE_PARAMETERS = ("streamToken",)
 """<Parameter>s that are credentials, not facts: never stored."""
 
@@ -37,7 +38,7 @@ async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -
         return ""
     try:
         history = await asyncio.wait_for(storage.caller_history(caller, wanted, exclude=call_sid),
-                                         RECALL_TIMEOUT_SECS)
+                                         DB_TIMEOUT_SECS)
     except Exception as exc:  # the call starts without memory rather than not at all
         logger.warning(f"call {call_sid}: no memory of earlier calls ({exc.__class__.__name__}: {exc})")
         return ""
@@ -90,6 +91,6 @@ async def record_refusal(storage: CallStore, form: dict[str, str], reason: str, 
                         callee=form.get("To", ""), pipeline=pipeline, status="rejected", outcome="rejected",
                         reason=reason)
     try:
-        await asyncio.wait_for(storage.start_call(record), RECALL_TIMEOUT_SECS)
+        await asyncio.wait_for(storage.start_call(record), DB_TIMEOUT_SECS)
     except Exception as exc:
         logger.warning(f"call {record.call_sid}: the refusal was not stored ({exc.__class__.__name__}: {exc})")

@@ -66,7 +66,6 @@ class CallJournal:
         self._caller_onset: float | None = None
         self._agent: list[_AgentTurn] = []
         self.usage: dict[str, int] = {}
-        self.turns_written = 0
 
     def _ms(self, at: float) -> float:
         return max((at - self._t0) * 1000.0, 0.0)
@@ -162,7 +161,6 @@ class CallJournal:
             self.usage[name] = self.usage.get(name, 0) + count
 
     def _add(self, turn: Turn) -> None:
-        self.turns_written += 1
         self._write("add_turn", self.record.call_sid, turn)
 
     async def close(self, heard_ms: Callable[[int], float], sent_ms: Callable[[int], float], **ending: Any) -> None:

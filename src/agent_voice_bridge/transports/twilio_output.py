@@ -111,13 +111,11 @@ class TwilioOutput(Stage, FrameProcessor):
         journal = self._call.journal
         if isinstance(frame, VADUserStoppedSpeakingFrame):
             self._caller_stopped_at = frame.timestamp - frame.stop_secs
-        elif isinstance(frame, VADUserStartedSpeakingFrame):
-            self._caller_started_at = frame.timestamp - frame.start_secs
+        elif isinstance(frame, (VADUserStartedSpeakingFrame, UserStartedSpeakingFrame,
+                                ProposedUserStartedSpeakingFrame)):  # our VAD's, or the model's own
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                self._caller_started_at = frame.timestamp - frame.start_secs
             self._call.caller_spoke.set()
-            if journal is not None:
-                journal.caller_speaking()
-        elif isinstance(frame, (UserStartedSpeakingFrame, ProposedUserStartedSpeakingFrame)):
-            self._call.caller_spoke.set()  # the model's own voice detection
             if journal is not None:
                 journal.caller_speaking()
         elif journal is None:

@@ -23,18 +23,12 @@ from agent_voice_bridge.transports.twilio_rest import OutboundError, TwilioRefus
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 
 
-def record_json(record: CallRecord | Message) -> dict[str, Any]:
-    data = dataclasses.asdict(record)
-    for name, value in data.items():
-        if isinstance(value, datetime):
-            data[name] = value.isoformat()
-    if isinstance(record, CallRecord):
-        data["duration_s"] = record.duration_s
+def as_json(item: CallRecord | Turn | Message) -> dict[str, Any]:
+    """A stored dataclass as JSON: datetimes in ISO 8601, a record with its duration."""
+    data = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in dataclasses.asdict(item).items()}
+    if isinstance(item, CallRecord):
+        data["duration_s"] = item.duration_s
     return data
-
-
-def turn_json(turn: Turn) -> dict[str, Any]:
-    return dataclasses.asdict(turn)
 
 
 class DialRequest(BaseModel):
@@ -85,7 +79,7 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
     async def list_calls(request: Request, limit: int = Query(20, ge=1, le=500),
                          caller: str | None = None) -> dict[str, Any]:
         store = stored(request)
-        return {"calls": [record_json(r) for r in await store.recent_calls(limit, caller=caller)]}
+        return {"calls": [as_json(r) for r in await store.recent_calls(limit, caller=caller)]}
 
     @router.get("/calls/{call_sid}")
     async def show_call(request: Request, call_sid: str) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
         record = await store.get_call(call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no call {call_sid}")
-        return {"call": record_json(record), "transcript": [turn_json(t) for t in await store.transcript(call_sid)],
-                "messages": [record_json(m) for m in await store.messages(call_sid)]}
+        return {"call": as_json(record), "transcript": [as_json(t) for t in await store.transcript(call_sid)],
+                "messages": [as_json(m) for m in await store.messages(call_sid)]}
 
     return router
