@@ -30,7 +30,7 @@ MAX_MESSAGE_BYTES = 65536
 def uvicorn_config(app: FastAPI | str, host: str, port: int, **kwargs) -> uvicorn.Config:
     # proxy_headers=False: uvicorn would otherwise take X-Forwarded-Proto from any local peer and change the
     # URL a Twilio signature is checked against; only ``server.trust_proxy`` decides whether those headers count.
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio",
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio", loop="uvloop",
                           ws_max_size=MAX_MESSAGE_BYTES, lifespan="on", proxy_headers=False, **kwargs)
 
 

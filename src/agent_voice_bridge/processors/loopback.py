@@ -8,31 +8,26 @@ counts as the agent speaking and a VAD in the chain never clears it.
 from __future__ import annotations
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
-from agent_voice_bridge.pipelines.stage import Stage
+from agent_voice_bridge.processors.audio_stage import AudioStage
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
 
 
-class Loopback(Stage, FrameProcessor):
+class Loopback(AudioStage):
     """Turns ``InputAudioRawFrame``/``InputMulawAudioFrame`` into their output twins; passes the rest."""
 
     role = "responder"
-
-    def __init__(self, **kwargs):
-        super().__init__(enable_direct_mode=True, **kwargs)
 
     @classmethod
     def audio_out(cls, params, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
         return require(audio_in)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
+    def audio(self, frame: Frame) -> Frame:
         if isinstance(frame, InputAudioRawFrame):
             frame = OutputAudioRawFrame(audio=frame.audio, sample_rate=frame.sample_rate, num_channels=1)
             frame.interruptible = False
         elif isinstance(frame, InputMulawAudioFrame):
             frame = OutputMulawAudioFrame(audio=frame.audio, sample_rate=frame.sample_rate)
             frame.interruptible = False
-        await self.push_frame(frame, direction)
+        return frame

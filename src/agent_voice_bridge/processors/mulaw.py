@@ -8,19 +8,19 @@ there for. The tables live in :mod:`agent_voice_bridge.audio.mulaw`.
 from __future__ import annotations
 
 from pipecat.frames.frames import Frame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent_voice_bridge.audio import mulaw
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
-from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
+from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.processors.audio_frames import MULAW_FRAME, PCM_FRAME, carry_over
+from agent_voice_bridge.processors.audio_stage import AudioStage
 
 
-class MulawDecoder(Stage, FrameProcessor):
+class MulawDecoder(AudioStage):
     """Pushes PCM16 8 kHz frames (``InputAudioRawFrame`` or ``OutputAudioRawFrame``) in place of μ-law ones."""
 
     def __init__(self, *, side: Side = "caller", **kwargs):
-        super().__init__(enable_direct_mode=True, **kwargs)  # ~1 µs of work: not worth a queue hop
+        super().__init__(**kwargs)
         self._takes = MULAW_FRAME[side]
         self._gives = PCM_FRAME[side]
 
@@ -33,18 +33,17 @@ class MulawDecoder(Stage, FrameProcessor):
     def create(cls, params: StageParams, ctx: StageContext) -> MulawDecoder:
         return cls(side=ctx.side)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
+    def audio(self, frame: Frame) -> Frame:
         if type(frame) is self._takes:
-            frame = carry_over(self._gives(audio=mulaw.decode(frame.audio), sample_rate=8000, num_channels=1), frame)
-        await self.push_frame(frame, direction)
+            return carry_over(self._gives(audio=mulaw.decode(frame.audio), sample_rate=8000, num_channels=1), frame)
+        return frame
 
 
-class MulawEncoder(Stage, FrameProcessor):
+class MulawEncoder(AudioStage):
     """Pushes ``OutputMulawAudioFrame`` (or the caller-side μ-law frame) in place of 8 kHz PCM16."""
 
     def __init__(self, *, side: Side = "agent", **kwargs):
-        super().__init__(enable_direct_mode=True, **kwargs)
+        super().__init__(**kwargs)
         self._takes = PCM_FRAME[side]
         self._gives = MULAW_FRAME[side]
 
@@ -57,8 +56,7 @@ class MulawEncoder(Stage, FrameProcessor):
     def create(cls, params: StageParams, ctx: StageContext) -> MulawEncoder:
         return cls(side=ctx.side)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
+    def audio(self, frame: Frame) -> Frame:
         if isinstance(frame, self._takes) and frame.sample_rate == 8000:
-            frame = carry_over(self._gives(audio=mulaw.encode(frame.audio)), frame)
-        await self.push_frame(frame, direction)
+            return carry_over(self._gives(audio=mulaw.encode(frame.audio)), frame)
+        return frame

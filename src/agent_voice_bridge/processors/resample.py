@@ -11,26 +11,27 @@ would put a click into the very speech that caused the barge-in.
 from __future__ import annotations
 
 from pipecat.frames.frames import Frame, InterruptionFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection
 from pydantic import Field
 
 from agent_voice_bridge.audio.resampler import PolyphaseResampler
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
-from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
+from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.processors.audio_frames import PCM_FRAME, replace_audio
+from agent_voice_bridge.processors.audio_stage import AudioStage
 
 
 class ResampleParams(StageParams):
     rate: int = Field(ge=8000, le=48000, description="Output sample rate in Hz.")
 
 
-class Resampler(Stage, FrameProcessor):
+class Resampler(AudioStage):
     """Pushes the side's PCM frames at ``rate``; other frames pass untouched."""
 
     Params = ResampleParams
 
     def __init__(self, *, rate: int, side: Side = "caller", **kwargs):
-        super().__init__(enable_direct_mode=True, **kwargs)  # ~15 µs of work: cheaper than a queue hop
+        super().__init__(**kwargs)
         self._rate = rate
         self._takes = PCM_FRAME[side]
         self._resets_on_interruption = side == "agent"
@@ -45,13 +46,15 @@ class Resampler(Stage, FrameProcessor):
     def create(cls, params: ResampleParams, ctx: StageContext) -> Resampler:
         return cls(rate=params.rate, side=ctx.side)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
+    def audio(self, frame: Frame) -> Frame:
         if isinstance(frame, self._takes) and frame.sample_rate != self._rate:
-            frame = replace_audio(frame, self._resampler(frame.sample_rate).process(frame.audio), self._rate)
-        elif isinstance(frame, InterruptionFrame):
+            return replace_audio(frame, self._resampler(frame.sample_rate).process(frame.audio), self._rate)
+        return frame
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, InterruptionFrame):
             self.interrupted()
-        await self.push_frame(frame, direction)
+        await super().process_frame(frame, direction)
 
     def interrupted(self) -> None:
         if self._resets_on_interruption:

@@ -339,6 +339,8 @@ class _Call:
         self.marks_echoed: list[str] = []
         self.marks_received = 0
         self.media_bytes_received = 0
+        self._returned: asyncio.Event | None = None  # set by wait_returned
+        self._sent_bytes = 0
         self.stale_media = 0
         self._stale_until: float | None = None  # loop time; reset by the caller's next speech_end
         self._last_media_t = -math.inf
@@ -582,6 +584,8 @@ class _Call:
             raise TypeError("media.payload is not a string")
         data = base64.b64decode(payload, validate=True)
         self.media_bytes_received += len(data)
+        if self._returned is not None and self.media_bytes_received >= self._sent_bytes:
+            self._returned.set()
         self._last_media_t = self.now()
         if self._stale_until is not None and self._loop.time() <= self._stale_until:
             self.stale_media += len(data)
@@ -605,6 +609,17 @@ class _Call:
             await self._echo_mark(name, "cleared")
 
     # ---- ending
+
+    async def wait_returned(self, timeout: float) -> None:
+        """Wait until the server has sent back as many audio bytes as were sent (an echo line), at most ``timeout``."""
+        self._sent_bytes = sum(len(frame) for frame in self._sent)
+        if self.media_bytes_received >= self._sent_bytes:
+            return
+        self._returned = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._returned.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def hang_up(self) -> None:
         """Send ``stop`` as the last message and close with 1000, unless the server already closed."""
@@ -651,6 +666,7 @@ async def run_call(
     ws_headers: dict[str, str] | None = None,
     account_sid: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    linger: float = 0.0,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -662,6 +678,9 @@ async def run_call(
     cannot be set up; anything after that is recorded in the result instead.
     ``ssl_context`` is used for ``https://`` and ``wss://`` (e.g. one trusting a
     self-signed certificate); without it the system's trust store is.
+    ``linger`` (measuring echo lines): before hanging up, send nothing more and keep
+    listening until as much audio has come back as was sent, or ``linger`` seconds pass;
+    without it the reply to the last frame or two is still on the wire at hang-up.
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -686,6 +705,8 @@ async def run_call(
         await call._start()
         receiver = asyncio.create_task(call.receive_loop())
         await call.run_steps(steps, tail)
+        if linger > 0:
+            await call.wait_returned(linger)
         await call.hang_up()
         await receiver
     finally:

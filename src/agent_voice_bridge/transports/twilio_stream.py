@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -61,8 +62,9 @@ class TwilioMediaStream:
         """The next well-formed event, or None when the stream has ended (stop, disconnect or refusal)."""
         while not self.closed:
             try:
-                message = await asyncio.wait_for(self.ws.receive(), self._idle_seconds)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._idle_seconds):  # no task per message, unlike wait_for
+                    message = await self.ws.receive()
+            except TimeoutError:
                 await self.close(CLOSE_POLICY, f"no message for {self._idle_seconds:g} s")
                 return None
             except (WebSocketDisconnect, RuntimeError):
@@ -129,13 +131,18 @@ class TwilioMediaStream:
             raise RuntimeError("no start event yet")
         return self._out
 
-    async def send(self, text: str) -> bool:
-        """Send one message; False if the peer is gone (the call is ending, nothing to do)."""
+    async def send(self, text: str, still_wanted: Callable[[], bool] | None = None) -> bool:
+        """Send one message; False if the peer is gone (the call is ending, nothing to do).
+
+        ``still_wanted`` is asked once this send has the socket: audio that waited behind a
+        ``clear`` (a slow peer) belongs to the turn that was just cleared and is dropped.
+        """
         if self.closed:
             return False
         try:
             async with self._send_lock:
-                await self.ws.send_text(text)
+                if still_wanted is None or still_wanted():
+                    await self.ws.send_text(text)
             return True
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             logger.debug(f"twilio stream: send failed, peer gone ({exc.__class__.__name__})")

@@ -1,0 +1,62 @@
+"""Stages whose audio work is a plain function of one frame, and runs of them that skip pipecat's hops.
+
+A pipecat hop (``push_frame`` → ``queue_frame`` → ``process_frame``) costs ~10 µs of
+observer records, event-handler checks and clock reads; a call sends 50 frames a
+second each way through half a dozen cheap stages (codec, resampler, VAD feed), so
+the hops cost more than the work. An :class:`AudioStage` does its audio work in the
+synchronous :meth:`AudioStage.audio`. When audio reaches the first stage of a run of
+adjacent ones, the run calls each stage's ``audio`` in chain order and pushes the
+result from the last stage: one hop in, one hop out, the same frames in the same
+order. Every other frame (start, interruptions, text, upstream traffic) still goes
+stage by stage through ``process_frame``.
+
+What is given up: pipecat observers and ``on_*_process_frame`` handlers do not see
+audio frames inside a run (they see them enter and leave it).
+"""
+
+from __future__ import annotations
+
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameCallback, FrameDirection, FrameProcessor
+
+from agent_voice_bridge.pipelines.stage import Stage
+from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
+
+AUDIO_FRAMES = (InputAudioRawFrame, OutputAudioRawFrame, InputMulawAudioFrame, OutputMulawAudioFrame)
+"""The frames that may take the fast path; each stage's ``audio`` decides which of them it acts on."""
+
+
+class AudioStage(Stage, FrameProcessor):
+    """Base for cheap stages: override :meth:`audio`; ``process_frame`` sees only non-audio frames."""
+
+    def __init__(self, **kwargs):
+        # Direct mode: a stage this cheap is not worth an asyncio queue and task of its own.
+        super().__init__(enable_direct_mode=True, **kwargs)
+        self._run: tuple[AudioStage, ...] = ()
+
+    def audio(self, frame: Frame) -> Frame:
+        """This stage's work on one downstream audio frame; a frame it does not act on is returned as is."""
+        return frame
+
+    async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM,
+                          callback: FrameCallback | None = None):
+        if direction is FrameDirection.DOWNSTREAM and callback is None and isinstance(frame, AUDIO_FRAMES):
+            run = self._run or self._find_run()
+            if not run[-1]._cancelling:
+                for stage in run:
+                    frame = stage.audio(frame)
+                await run[-1].push_frame(frame, direction)
+            return
+        await super().queue_frame(frame, direction, callback)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+    def _find_run(self) -> tuple[AudioStage, ...]:
+        """This stage and the audio stages right after it (the chain is linked before audio flows)."""
+        run: list[AudioStage] = [self]
+        while isinstance(run[-1]._next, AudioStage):
+            run.append(run[-1]._next)
+        self._run = tuple(run)
+        return self._run
