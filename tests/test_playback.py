@@ -294,3 +294,53 @@ async def test_segment_queued_behind_another_starts_when_the_first_ends(rig: Rig
     await rig.at(0.100).on_mark(first[0])
     rig.at(0.140)
     assert p.heard_ms(2) == pytest.approx(40)
+
+
+class SlowSocket:
+    """A WebSocket whose peer is slow: a send marked ``hold`` waits until released; every text sent is kept."""
+
+    def __init__(self):
+        import asyncio
+
+        self.sent: list[str] = []
+        self.hold = False
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        if self.hold:
+            self.hold = False
+            self.holding.set()
+            await self.release.wait()
+        self.sent.append(text)
+
+
+async def test_audio_pushed_before_a_clear_reaches_a_slow_socket_before_it():
+    """twilio.output sends from whichever task pushed: audio already waiting for the socket goes out before the clear."""
+    import asyncio
+    import json
+
+    from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
+    from agent_voice_bridge.transports.call_info import CallInfo
+    from agent_voice_bridge.transports.twilio_output import TwilioOutput
+    from agent_voice_bridge.transports.twilio_protocol import OutboundMessages
+    from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
+
+    socket = SlowSocket()
+    stream = TwilioMediaStream(socket)  # type: ignore[arg-type]
+    stream._out = OutboundMessages("MZslow")
+    output = TwilioOutput(call=CallInfo("CAslow", "MZslow", stream=stream))
+    frame = lambda byte: OutputMulawAudioFrame(audio=bytes([byte]) * 160)  # noqa: E731
+    await output._send_audio(frame(1))  # the agent is speaking
+    socket.hold = True
+    in_flight = asyncio.create_task(output._send_audio(frame(2)))  # on the wire, the peer is slow
+    await socket.holding.wait()
+    waiting = asyncio.create_task(output._send_audio(frame(3)))  # the turn's next frame, waiting for the socket
+    await asyncio.sleep(0)
+    clearing = asyncio.create_task(output._interrupt())  # the caller barges in
+    await asyncio.sleep(0)
+    socket.release.set()
+    await asyncio.gather(in_flight, waiting, clearing)
+    events = [json.loads(t)["event"] for t in socket.sent]
+    assert events == ["media", "media", "media", "clear"], "nothing of the cleared turn after the clear"
+    assert output._call.stats.barge_ins == 1

@@ -489,3 +489,15 @@ def test_load_wav_converts_rate_width_and_channels(tmp_path: Path) -> None:
 
     save_wav(tmp_path / "back.wav", out)
     assert np.array_equal(load_wav(tmp_path / "back.wav"), out)
+
+
+async def test_linger_waits_for_the_echo_still_on_the_wire_at_hang_up() -> None:
+    """The fake echoes 200 ms late: hanging up at once loses the last echoes, lingering keeps them all."""
+    goodbye = speech("vm-goodbye")
+    quick = await call(FakeBridge(echo_delay=0.2), [Say(goodbye, "goodbye")], tail=0.0)
+    bridge = FakeBridge(echo_delay=0.2)
+    patient = await call(bridge, [Say(goodbye, "goodbye")], tail=0.0, linger=1.0)
+    loud_bytes = 160 * len(bridge.marks_sent)  # one mark per echoed (loud) frame
+    assert patient.media_bytes_received == loud_bytes, "every echo came back before the stop"
+    assert quick.media_bytes_received <= loud_bytes - 5 * 160, "without linger, the last ~200 ms of echo is lost"
+    assert len(patient.sent) == len(quick.sent), "lingering sends nothing more"

@@ -71,8 +71,8 @@ class TwilioOutput(Stage, FrameProcessor):
 
     def __init__(self, *, call: CallInfo, mark_every_ms: int = 100, **kwargs):
         # Direct mode: the agent's audio is sent from the task that produced it, without two queue hops per
-        # frame. Nothing is ever held here for an interruption to drop; audio that waited for the socket behind a
-        # ``clear`` is dropped by the clear count (see _send_audio).
+        # frame. Nothing is held here for an interruption to drop: what was pushed before it is on its way to
+        # Twilio ahead of the ``clear`` (the stream's lock keeps that order), and ``clear`` drops it there.
         super().__init__(enable_direct_mode=True, **kwargs)
         if call.stream is None:
             raise ValueError("twilio.output needs a call with a media stream")
@@ -83,7 +83,6 @@ class TwilioOutput(Stage, FrameProcessor):
         self._unmarked_ms = 0.0
         self._in_segment = False
         self._speaking = False
-        self._clears = 0
         self._playback.on_idle = self._on_playback_idle
         self._caller_stopped_at: float | None = None  # for first-reply latency
         self._caller_started_at: float | None = None  # speech onset, for barge-in latency
@@ -136,10 +135,8 @@ class TwilioOutput(Stage, FrameProcessor):
             journal.add_usage(token_usage(frame))
 
     async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
-        stream, clears = self._stream, self._clears
-        await stream.send(stream.messages.media(frame.audio), lambda: self._clears == clears)
-        if self._clears != clears:
-            return
+        stream = self._stream
+        await stream.send(stream.messages.media(frame.audio))
         if self._call.recorder is not None:
             self._call.recorder.agent_audio(frame.audio)
         if not frame.interruptible:
@@ -176,7 +173,6 @@ class TwilioOutput(Stage, FrameProcessor):
         self._unmarked_ms = 0.0
         if not self._playback.playing and not self._speaking:
             return
-        self._clears += 1
         await self._stream.send(self._stream.messages.clear())
         heard = self._playback.on_clear()
         self._settled(cleared=True)

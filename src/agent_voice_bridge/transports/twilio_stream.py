@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -131,18 +130,17 @@ class TwilioMediaStream:
             raise RuntimeError("no start event yet")
         return self._out
 
-    async def send(self, text: str, still_wanted: Callable[[], bool] | None = None) -> bool:
+    async def send(self, text: str) -> bool:
         """Send one message; False if the peer is gone (the call is ending, nothing to do).
 
-        ``still_wanted`` is asked once this send has the socket: audio that waited behind a
-        ``clear`` (a slow peer) belongs to the turn that was just cleared and is dropped.
+        Several tasks may send (the agent's audio, a barge-in's ``clear``): the lock hands the
+        socket over in the order they asked, so audio that asked before a ``clear`` goes before it.
         """
         if self.closed:
             return False
         try:
             async with self._send_lock:
-                if still_wanted is None or still_wanted():
-                    await self.ws.send_text(text)
+                await self.ws.send_text(text)
             return True
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             logger.debug(f"twilio stream: send failed, peer gone ({exc.__class__.__name__})")

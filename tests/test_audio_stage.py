@@ -1,0 +1,82 @@
+"""Runs of audio stages: the same frames, in the same order, as stage by stage; other frames take every hop."""
+
+from __future__ import annotations
+
+import numpy as np
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import run_test
+
+from agent_voice_bridge.audio import mulaw
+from agent_voice_bridge.audio.resampler import PolyphaseResampler
+from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
+from agent_voice_bridge.processors.loopback import Loopback
+from agent_voice_bridge.processors.mulaw import MulawDecoder, MulawEncoder
+from agent_voice_bridge.processors.resample import Resampler
+
+
+class Counting(FrameProcessor):
+    """A plain pipecat processor: it sees every frame that reaches it, and counts the audio."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio_seen = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, (InputAudioRawFrame, OutputAudioRawFrame)):
+            self.audio_seen += 1
+        await self.push_frame(frame, direction)
+
+
+def _caller_frames(n: int = 20) -> list[Frame]:
+    rng = np.random.default_rng(7)
+    pcm = (rng.standard_normal(160 * n) * 3000).astype(np.int16)
+    frames: list[Frame] = []
+    for i in range(n):
+        frames.append(InputMulawAudioFrame(audio=mulaw.encode(pcm[160 * i:160 * (i + 1)].tobytes())))
+        if i % 5 == 0:
+            frames.append(TextFrame(text=f"t{i}"))  # non-audio frames interleaved: order must hold
+    return frames
+
+
+def _expected_audio(frames: list[Frame]) -> bytes:
+    """What decode → 16 kHz → loopback → 8 kHz → encode gives, computed without any processor."""
+    up, down = PolyphaseResampler(8000, 16000), PolyphaseResampler(16000, 8000)
+    out = b""
+    for f in frames:
+        if isinstance(f, InputMulawAudioFrame):
+            out += mulaw.encode(down.process(up.process(mulaw.decode(f.audio))))
+    return out
+
+
+async def test_a_run_gives_what_the_stages_give_one_by_one_in_order():
+    frames = _caller_frames()
+    counter = Counting()
+    chain = Pipeline([MulawDecoder(side="caller"), Resampler(rate=16000, side="caller"), Loopback(),
+                      Resampler(rate=8000, side="agent"), MulawEncoder(side="agent"), counter])
+    down, _ = await run_test(chain, frames_to_send=frames)
+    kinds = [type(f) for f in down]
+    expected = [OutputMulawAudioFrame if isinstance(f, InputMulawAudioFrame) else TextFrame for f in frames]
+    assert kinds == expected, "one frame out per frame in, same order, text between the same audio frames"
+    assert b"".join(f.audio for f in down if isinstance(f, OutputMulawAudioFrame)) == _expected_audio(frames)
+    assert all(not f.interruptible for f in down if isinstance(f, OutputMulawAudioFrame)), "loopback audio"
+    assert counter.audio_seen == 0, "μ-law leaves the run; no PCM reaches the stage after it"
+
+
+async def test_a_plain_processor_between_audio_stages_sees_every_audio_frame():
+    frames = _caller_frames(10)
+    counter = Counting()
+    chain = Pipeline([MulawDecoder(side="caller"), counter, Resampler(rate=16000, side="caller"), Loopback(),
+                      Resampler(rate=8000, side="agent"), MulawEncoder(side="agent")])
+    down, _ = await run_test(chain, frames_to_send=frames)
+    assert counter.audio_seen == 10, "the run stops before a stage that is not an audio stage"
+    assert b"".join(f.audio for f in down if isinstance(f, OutputMulawAudioFrame)) == _expected_audio(frames)
+
+
+async def test_upstream_audio_is_not_taken_by_a_run():
+    frame = InputAudioRawFrame(audio=bytes(320), sample_rate=8000, num_channels=1)
+    _, up = await run_test(Pipeline([MulawDecoder(side="caller"), Resampler(rate=16000, side="caller")]),
+                           frames_to_send=[frame], frames_to_send_direction=FrameDirection.UPSTREAM)
+    assert [type(f) for f in up] == [InputAudioRawFrame] and up[0].sample_rate == 8000, "upstream passes untouched"
