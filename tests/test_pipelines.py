@@ -219,7 +219,7 @@ def test_serve_picks_the_backend_whose_key_is_set(monkeypatch: pytest.MonkeyPatc
 
 
 def test_server_start_loads_the_shared_vad_model_before_any_call() -> None:
-    from agent_voice_bridge.processors import silero
+    from agent_voice_bridge.audio import silero_batch as silero
     from agent_voice_bridge.server import create_app
     from agent_voice_bridge.security.limits import MemoryLimitStore
 

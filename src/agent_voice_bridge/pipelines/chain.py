@@ -92,7 +92,8 @@ def _unsegmented(path: str, stages: list[ResolvedStage]) -> list[str]:
 
     problems = []
     for i, stage in enumerate(stages):
-        if issubclass(stage.cls, SegmentedSTTService) and not any(issubclass(s.cls, VADProcessor) for s in stages[:i]):
+        segmented = any(issubclass(s.cls, VADProcessor) or getattr(s.cls, "detects_speech", False) for s in stages[:i])
+        if issubclass(stage.cls, SegmentedSTTService) and not segmented:
             problems.append(f"{where(path, stage.line, stage.position, stage.name)}: transcribes whole utterances, "
                             "so it needs vad.interrupter before it (to say where each one starts and ends)")
     return problems

@@ -46,6 +46,8 @@ class Stage:
 
     Params: ClassVar[type[StageParams]] = NoParams
     role: ClassVar[Role] = "transform"
+    detects_speech: ClassVar[bool] = False
+    """Pushes the VAD frames (``VADUserStarted/StoppedSpeakingFrame``) that a whole-utterance speech-to-text needs."""
 
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat | None:

@@ -51,6 +51,8 @@ class AudioStage(Stage, FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, AUDIO_FRAMES):
+            frame = self.audio(frame)  # audio that came the slow way (sent with a completion callback)
         await self.push_frame(frame, direction)
 
     def _find_run(self) -> tuple[AudioStage, ...]:

@@ -1,51 +1,110 @@
 """``vad.interrupter``: Silero VAD that stops the agent when the caller talks over it.
 
-pipecat's ``VADProcessor`` already turns audio into ``VADUserStartedSpeakingFrame``
-/ ``VADUserStoppedSpeakingFrame``; this stage adds the barge-in rule: speech that
-starts while the agent's audio is still playing to the caller (between the
-output's ``BotStartedSpeakingFrame`` and ``BotStoppedSpeakingFrame``, which follow
-Twilio's mark echoes, not our send times) broadcasts an interruption. Every stage
-then drops what it holds for the old turn and ``twilio.output`` sends ``clear``.
+It pushes what pipecat's ``VADProcessor`` pushes (``VADUserStarted/StoppedSpeakingFrame``,
+``UserSpeakingFrame``, ``SpeechControlParamsFrame``) from pipecat's four-state rule
+(QUIET → STARTING → SPEAKING → STOPPING, ``confidence``/``start_secs``/``stop_secs``/
+``min_volume``), and adds the barge-in rule: speech that starts while the agent's audio
+is still playing to the caller (between the output's ``BotStartedSpeakingFrame`` and
+``BotStoppedSpeakingFrame``, which follow Twilio's mark echoes, not our send times)
+broadcasts an interruption. Every stage then drops what it holds for the old turn and
+``twilio.output`` sends ``clear``.
+
+Why not pipecat's ``VADProcessor`` any more: at 40 calls it was the server's biggest CPU
+cost. Its per-frame controller and queue hops cost more than the audio work of the cheap
+stages around it, its loudness is a BS.1770 measurement over the last 400 ms computed
+again for every 32 ms window, and each call ran its own Silero inference. Here audio takes
+the :class:`AudioStage` fast path, the windows of all calls are scored in one batched
+inference (:mod:`agent_voice_bridge.audio.silero_batch`), and the volume is the window's
+own RMS level, with no smoothing: pipecat's rolling, smoothed loudness rises ~60 ms after
+speech that follows digital silence, and that lag was added to every barge-in.
 """
 
 from __future__ import annotations
 
-from pipecat.audio.vad.vad_analyzer import VADParams
+import asyncio
+import math
+import time
+from collections import deque
+from functools import partial
+
+import numpy as np
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
     Frame,
+    InputAudioRawFrame,
+    SpeechControlParamsFrame,
+    StartFrame,
+    UserSpeakingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADParamsUpdateFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
-from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection
 from pydantic import Field
 
+from agent_voice_bridge.audio.silero_batch import WINDOW, SileroBatcher, SileroStream, shared_session
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
-from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
-from agent_voice_bridge.processors.silero import SharedSileroVADAnalyzer, shared_session
+from agent_voice_bridge.pipelines.stage import StageContext, StageParams
+from agent_voice_bridge.processors.audio_stage import AudioStage
+
+QUIET, STARTING, SPEAKING, STOPPING = VADState.QUIET, VADState.STARTING, VADState.SPEAKING, VADState.STOPPING
+SPEECH_ACTIVITY_SECS = 1.0
+"""``UserSpeakingFrame`` spacing while the caller talks (keeps turn/idle watchers fed; nothing here reads it)."""
+_START, _STOP, _ACTIVITY = "start", "stop", "activity"
+_FLOAT_SCALE = np.float32(1 / 32768)
+
+
+def window_volume(window: np.ndarray) -> float:
+    """RMS level of float samples in [-1, 1), dBFS mapped from [-110, -10] to [0, 1] like pipecat's volume."""
+    energy = float(np.dot(window, window)) / len(window)
+    return 0.0 if energy <= 0.0 else min(1.0, max(0.0, (10.0 * math.log10(energy) + 110.0) / 100.0))
 
 
 class VADInterrupterParams(StageParams):
     confidence: float = Field(default=0.7, gt=0, lt=1, description="Silero speech probability threshold.")
     start_secs: float = Field(default=0.2, ge=0.03, le=2, description="Speech needed before the caller counts as talking.")
     stop_secs: float = Field(default=0.6, ge=0.05, le=5, description="Silence that ends the caller's turn.")
-    min_volume: float = Field(default=0.3, ge=0, le=1, description="Quieter audio is never speech (phone audio runs quieter than a desk microphone).")
+    min_volume: float = Field(default=0.3, ge=0, le=1,
+                              description="Quieter windows are never speech: 0.3 is -80 dBFS, i.e. not digital silence.")
 
 
-class VADInterrupter(Stage, VADProcessor):
-    """Pushes the VAD frames and ``UserStarted/StoppedSpeakingFrame`` both ways, and an ``InterruptionFrame`` on barge-in."""
+class VADInterrupter(AudioStage):
+    """Pushes the VAD frames and ``UserStarted/StoppedSpeakingFrame`` both ways, and an ``InterruptionFrame`` on barge-in.
+
+    Audio passes through unchanged and undelayed. A window's score arrives in a synchronous
+    callback once the batch it joined has run: at once when this is the process's only call,
+    else within a few ms. The frames it causes are queued and pushed in order, right behind
+    the audio frame that completed the window when the score was already there (as pipecat's
+    ``VADProcessor`` does), else by this stage's emitter task as soon as the loop lets it.
+    """
 
     Params = VADInterrupterParams
+    detects_speech = True
 
     def __init__(self, *, sample_rate: int = 16000, confidence: float = 0.7, start_secs: float = 0.2,
                  stop_secs: float = 0.6, min_volume: float = 0.3, **kwargs):
-        params = VADParams(confidence=confidence, start_secs=start_secs, stop_secs=stop_secs, min_volume=min_volume)
-        super().__init__(vad_analyzer=SharedSileroVADAnalyzer(sample_rate=sample_rate, params=params), **kwargs)
+        super().__init__(**kwargs)
+        if sample_rate not in WINDOW:
+            raise ValueError(f"vad.interrupter needs 8000 or 16000 Hz audio, not {sample_rate}")
+        self._rate = sample_rate
+        self._window = WINDOW[sample_rate]
+        self._pending = bytearray()  # PCM16 not yet in a window: appended to in place, never re-concatenated
+        self._stream: SileroStream | None = None
+        self._events: deque[tuple[str, float]] = deque()  # (kind, time of the deciding window)
+        self._events_queued = asyncio.Event()
+        self._emitting = asyncio.Lock()  # one pusher at a time, so the frames keep their order
+        self._emitter: asyncio.Task | None = None
         self._agent_audible = False
-        self._vad_controller.add_event_handler("on_speech_started", self._on_speech_started)
-        self._vad_controller.add_event_handler("on_speech_stopped", self._on_speech_stopped)
+        self._state, self._speaking = QUIET, False
+        self._starting = self._stopping = self._since_activity = 0
+        self._set_params(VADParams(confidence=confidence, start_secs=start_secs, stop_secs=stop_secs,
+                                   min_volume=min_volume))
 
     @classmethod
     def audio_out(cls, params: StageParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -60,20 +119,139 @@ class VADInterrupter(Stage, VADProcessor):
         assert ctx.audio_in is not None
         return cls(sample_rate=ctx.audio_in.rate, **params.model_dump())
 
+    @property
+    def params(self) -> VADParams:
+        return self._params
+
+    def audio(self, frame: Frame) -> Frame:
+        if isinstance(frame, InputAudioRawFrame) and frame.sample_rate == self._rate and self._stream is not None:
+            self._feed(frame.audio)
+        return frame
+
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, BotStartedSpeakingFrame):
             self._agent_audible = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._agent_audible = False
+        elif isinstance(frame, EndFrame):
+            await self._stop(drain=True)  # the last windows' frames go out before the EndFrame
+        elif isinstance(frame, CancelFrame):
+            await self._stop(drain=False)
+        # An InterruptionFrame passes on: the caller's audio, and so the VAD's state, is continuous.
         await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._stream = SileroStream(self._rate, SileroBatcher.current())
+            self._emitter = self.create_task(self._emitter_task(), f"{self}::emitter")
+            await self.broadcast_frame(SpeechControlParamsFrame, vad_params=self._params)
+        elif isinstance(frame, VADParamsUpdateFrame):
+            self._set_params(frame.params)
+            await self.broadcast_frame(SpeechControlParamsFrame, vad_params=frame.params)
 
-    async def _on_speech_started(self, _controller) -> None:
-        # The chain has no turn aggregator, so the VAD's start is the caller's turn start
-        # (services that do their own turn handling, e.g. Gemini's activityStart, listen for it).
-        await self.broadcast_frame(UserStartedSpeakingFrame)
-        if self._agent_audible:
-            self._agent_audible = False
-            await self.broadcast_interruption()
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        await super().push_frame(frame, direction)
+        if self._events and isinstance(frame, InputAudioRawFrame) and not self._emitting.locked():
+            await self._emit_events()
 
-    async def _on_speech_stopped(self, _controller) -> None:
-        await self.broadcast_frame(UserStoppedSpeakingFrame)
+    async def cleanup(self):
+        await self._stop(drain=False)
+        await super().cleanup()
+
+    def _set_params(self, params: VADParams) -> None:
+        """New thresholds apply from the next window; unlike pipecat, the caller's state is kept, not reset."""
+        window_secs = self._window / self._rate
+        self._params = params
+        self._start_windows = round(params.start_secs / window_secs)
+        self._stop_windows = round(params.stop_secs / window_secs)
+        self._activity_windows = round(SPEECH_ACTIVITY_SECS / window_secs)
+
+    def _feed(self, audio: bytes) -> None:
+        """Append one frame's samples; submit every window they complete."""
+        pending = self._pending
+        pending += audio
+        while len(pending) >= 2 * self._window:
+            window = np.frombuffer(pending, np.int16, self._window) * _FLOAT_SCALE
+            del pending[:2 * self._window]
+            scored = partial(self._on_window, window_volume(window), time.time())
+            self._stream.submit(window, scored)
+
+    def _on_window(self, volume: float, at: float, confidence: float) -> None:
+        """pipecat's ``VADAnalyzer._run_analyzer`` rule for one window; events are queued with the window's time."""
+        speaking = confidence >= self._params.confidence and volume >= self._params.min_volume
+        state = self._state
+        if speaking:
+            if state is QUIET:
+                state, self._starting = STARTING, 1
+            elif state is STARTING:
+                self._starting += 1
+            elif state is STOPPING:
+                state, self._stopping = SPEAKING, 0
+        elif state is STARTING:
+            state, self._starting = QUIET, 0
+        elif state is SPEAKING:
+            state, self._stopping = STOPPING, 1
+        elif state is STOPPING:
+            self._stopping += 1
+        if state is STARTING and self._starting >= self._start_windows:
+            state, self._starting = SPEAKING, 0
+        if state is STOPPING and self._stopping >= self._stop_windows:
+            state, self._stopping = QUIET, 0
+        self._state = state
+        self._stream.may_reset = state is QUIET
+
+        if state is SPEAKING and not self._speaking:
+            self._speaking, self._since_activity = True, 0
+            self._queue_event(_START, at)
+        elif state is QUIET and self._speaking:
+            self._speaking = False
+            self._queue_event(_STOP, at)
+        if self._speaking:
+            if self._since_activity % self._activity_windows == 0:
+                self._queue_event(_ACTIVITY, at)
+            self._since_activity += 1
+
+    def _queue_event(self, kind: str, at: float) -> None:
+        self._events.append((kind, at))
+        self._events_queued.set()
+
+    async def _emitter_task(self) -> None:
+        while True:
+            await self._events_queued.wait()
+            self._events_queued.clear()
+            await self._emit_events()
+
+    async def _emit_events(self) -> None:
+        async with self._emitting:
+            while self._events:
+                await self._emit(*self._events.popleft())
+
+    async def _emit(self, kind: str, at: float) -> None:
+        # ``timestamp`` is when the deciding window's audio arrived, so ``timestamp - start_secs`` (what
+        # twilio.output reads as the caller's onset) does not include the wait for the batch.
+        if kind is _START:
+            await self.broadcast_frame(VADUserStartedSpeakingFrame, start_secs=self._params.start_secs, timestamp=at)
+            # The chain has no turn aggregator, so the VAD's start is the caller's turn start
+            # (services that do their own turn handling, e.g. Gemini's activityStart, listen for it).
+            await self.broadcast_frame(UserStartedSpeakingFrame)
+            if self._agent_audible:
+                self._agent_audible = False
+                await self.broadcast_interruption()
+        elif kind is _STOP:
+            await self.broadcast_frame(VADUserStoppedSpeakingFrame, stop_secs=self._params.stop_secs, timestamp=at)
+            await self.broadcast_frame(UserStoppedSpeakingFrame)
+        else:
+            await self.broadcast_frame(UserSpeakingFrame)
+
+    async def _stop(self, *, drain: bool) -> None:
+        """Leave the batcher and end the emitter; ``drain``: score what is waiting and push its frames first."""
+        if self._stream is not None:
+            if drain:
+                self._stream.flush()
+            self._stream.close()
+            self._stream = None
+        if drain:
+            await self._emit_events()
+        self._events.clear()
+        if self._emitter is not None:
+            await self.cancel_task(self._emitter)
+            self._emitter = None
+
