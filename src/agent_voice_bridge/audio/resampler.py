@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 PASSBAND_EDGE = 0.425
 """Passband edge as a fraction of the lower rate: 3400 Hz at 8 kHz, the top of the phone band."""
@@ -106,33 +107,51 @@ def _design(in_rate: int, out_rate: int) -> _Design:
     return _Design(up, down, taps, length, delay, coeffs, h)
 
 
-class _Plan(NamedTuple):
-    """Index work for one (phase offset, chunk length): which input window and coefficient row each output uses."""
+class _PhaseRun(NamedTuple):
+    """The outputs of one chunk that use one filter phase: every ``out.step``-th output, on evenly spaced inputs."""
 
-    gather: np.ndarray  # (count, K) indices into [history | chunk]
-    coeffs: np.ndarray  # (count, K) coefficient row per output
+    out: slice  # which outputs of the chunk
+    first_row: int  # window start (index into [history | chunk]) of the first of them
+    row_step: int  # how far the window moves from one of them to the next
+    count: int
+    phase: int
+
+
+class _Plan(NamedTuple):
+    """Where each output of a chunk (phase offset, length) reads its input, grouped by filter phase."""
+
+    count: int
+    runs: tuple[_PhaseRun, ...]
     next_offset: int
 
 
-@lru_cache(maxsize=64)  # a stream uses 1–3 chunk shapes; entries are ~100–200 kB
+@lru_cache(maxsize=256)  # a stream repeats 1–3 chunk shapes; entries are a few hundred bytes
 def _plan(in_rate: int, out_rate: int, offset: int, n_in: int) -> _Plan:
-    """Precompute the gather for a chunk; cached because a stream repeats the same 20 ms shape.
+    """Group a chunk's outputs by phase; cached because a stream repeats the same 20 ms shape.
 
     ``offset`` is the upsampled position of the next output relative to the first sample
     of this chunk (0 ≤ offset < M). Outputs at offset + j·M < L·n_in can be produced now.
+    Output j uses phase (offset + j·M) mod L, which repeats every L outputs, and the window
+    ending at input (offset + j·M) // L, which then moves by M inputs: so each phase's
+    outputs are one strided run, computed as one matrix-vector product over a strided view.
     """
     d = _design(in_rate, out_rate)
     span = d.up * n_in
     count = max(0, -(-(span - offset) // d.down))
-    t = offset + d.down * np.arange(count, dtype=np.int64)
-    rows = t // d.up  # index of the newest input sample, relative to the chunk
-    phases = t % d.up
-    # [history (K-1) | chunk]: the window ending at chunk[row] starts at row.
-    gather = rows[:, None] + np.arange(d.taps, dtype=np.int64)[None, :]
-    coeffs = d.coeffs[phases]
-    gather.setflags(write=False)
-    coeffs.setflags(write=False)
-    return _Plan(gather, coeffs, offset + count * d.down - span)
+    runs = []
+    for first in range(min(d.up, count)):
+        t = offset + d.down * first
+        n = len(range(first, count, d.up))
+        runs.append(_PhaseRun(slice(first, count, d.up), t // d.up, d.down, n, t % d.up))
+    return _Plan(count, tuple(runs), offset + count * d.down - span)
+
+
+class _ChunkWork(NamedTuple):
+    """Per resampler and chunk shape: a buffer for [history | chunk] and strided window views onto it."""
+
+    buffer: np.ndarray
+    views: tuple[tuple[slice, np.ndarray, np.ndarray], ...]  # (outputs, windows [count, K], coefficients [K])
+    out: np.ndarray
 
 
 class PolyphaseResampler:
@@ -158,6 +177,7 @@ class PolyphaseResampler:
         self._offset = 0
         taps = 1 if self._design is None else self._design.taps
         self._history = np.zeros(taps - 1, dtype=np.float64)
+        self._work: dict[tuple[int, int], _ChunkWork] = {}
 
     @property
     def delay_ms(self) -> float:
@@ -193,14 +213,36 @@ class PolyphaseResampler:
         n_in = x.shape[0]
         if n_in == 0:
             return np.zeros(0, dtype=np.int16)
-        ext = np.concatenate((self._history, x.astype(np.float64)))
         plan = _plan(self.in_rate, self.out_rate, self._offset, n_in)
+        work = self._work.get((self._offset, n_in)) or self._prepare(plan, n_in)
+        history = d.taps - 1
+        work.buffer[:history] = self._history
+        work.buffer[history:] = x
+        self._history[:] = work.buffer[n_in:]
         self._offset = plan.next_offset
-        if d.taps > 1:
-            self._history = ext[-(d.taps - 1) :].copy()
-        if plan.gather.shape[0] == 0:
-            return np.zeros(0, dtype=np.int16)
-        y = np.einsum("ij,ij->i", ext[plan.gather], plan.coeffs)
+        y = work.out
+        for out, windows, coeffs in work.views:
+            y[out] = windows @ coeffs
         np.rint(y, out=y)
         np.clip(y, -32768, 32767, out=y)
         return y.astype(np.int16)
+
+    def _prepare(self, plan: _Plan, n_in: int) -> _ChunkWork:
+        """The buffer and window views for one chunk shape: made once, reused for every chunk of that shape.
+
+        The views read the buffer in place (overlapping rows, no copy), which is what makes
+        a 20 ms chunk cost a few µs instead of a gather of every window.
+        """
+        d = self._design
+        assert d is not None
+        if len(self._work) >= 16:  # a stream of ever-changing chunk sizes must not grow this without bound
+            self._work.clear()
+        buffer = np.zeros(d.taps - 1 + n_in, dtype=np.float64)
+        step = buffer.strides[0]
+        views = tuple(
+            (run.out, as_strided(buffer[run.first_row:], shape=(run.count, d.taps), strides=(run.row_step * step, step),
+                                 writeable=False), d.coeffs[run.phase])
+            for run in plan.runs
+        )
+        work = self._work[(self._offset, n_in)] = _ChunkWork(buffer, views, np.empty(plan.count, dtype=np.float64))
+        return work
