@@ -1,6 +1,6 @@
 """``python -m bench`` / ``voice-bridge bench``: the whole benchmark in one run.
 
-    python -m bench                       # N = 1,10,20,...,100 until a server collapses, 30 s calls (~20 min)
+    python -m bench                       # N = 1,10,25,50,...,150 until a server collapses, 30 s calls (~20 min)
     python -m bench --quick               # small N, short calls: under 2 minutes
     python -m bench --calls 1,50 --seconds 20 --only load
 
@@ -28,7 +28,7 @@ PARTS = ("codec", "load", "barge-in", "setup", "stages")
 DEFAULT_PARTS = ("codec", "load", "barge-in", "setup")  # --quick leaves out "stages" (six more load runs)
 QUICK = {"calls": [1, 4], "seconds": 6.0, "ramp": 1.0, "codec_frames": 1000, "builds": 50, "pipecat_builds": 5,
          "barge_calls": 2, "barge_rounds": 2, "stage_calls": 4, "stage_seconds": 5.0, "quiet_wait": 5.0}
-FULL = {"calls": [1, 10, 20, 30, 40, 50, 75, 100], "seconds": 30.0, "ramp": 2.0, "codec_frames": 5000, "builds": 300,
+FULL = {"calls": [1, 10, 25, 50, 75, 100, 125, 150], "seconds": 30.0, "ramp": 2.0, "codec_frames": 5000, "builds": 300,
         "pipecat_builds": 30, "barge_calls": 5, "barge_rounds": 4, "stage_calls": 25, "stage_seconds": 20.0,
         "quiet_wait": 60.0}
 
@@ -88,7 +88,7 @@ def server_spec(name: str, workers: int | None) -> Any:
 
 
 def run_load(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> dict[str, Any]:
-    from bench.load import COMPLETENESS_LIMIT, LATENCY_LIMIT_MS, run_point
+    from bench.load import COMPLETENESS_LIMIT, GOAL_LATENCY_MS, LATENCY_LIMIT_MS, run_point
 
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for name in servers:
@@ -113,13 +113,14 @@ def run_load(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> d
             if point.get("collapsed"):
                 collapsed.add(name)
                 print(f"    {name} collapsed at {n} calls: not going higher", file=sys.stderr)
-    best = {}
+    best, goal = {}, {}
     for name in servers:
-        passing = [p["calls"] for p in points if p["server"] == name and p.get("passes")]
-        best[name] = max(passing, default=None)
+        best[name] = max((p["calls"] for p in points if p["server"] == name and p.get("passes")), default=None)
+        goal[name] = max((p["calls"] for p in points if p["server"] == name and p.get("meets_goal")), default=None)
     return {"seconds_per_call": settings["seconds"], "ramp_s": settings["ramp"], "latency_limit_ms": LATENCY_LIMIT_MS,
             "completeness_limit": COMPLETENESS_LIMIT, "our_workers": args.workers, "points": points,
-            "max_calls_within_limits": best, "collapsed": sorted(collapsed)}
+            "max_calls_within_limits": best, "max_calls_meeting_goal": goal, "goal_latency_ms": GOAL_LATENCY_MS,
+            "collapsed": sorted(collapsed)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ from bench.servers import ServerProcess, ServerSpec, TreeSampler, machine_busy_s
 
 LATENCY_LIMIT_MS = 60.0
 COMPLETENESS_LIMIT = 0.99
+GOAL_LATENCY_MS = 30.0
+GOAL_COMPLETENESS = 0.99995
+"""Issue 5's goal for a point: p99 added latency ≤ 30 ms and completeness 1.0 (to four decimals)."""
 COLLAPSE_LATENCY_MS = 1000.0
 """A server whose p99 added latency passes this (or that drops calls or audio wholesale) has collapsed."""
 
@@ -182,6 +185,7 @@ def summarise(name: str, n: int, seconds: float, reports: list[dict], processes:
     }
     point["passes"] = bool(p99 is not None and p99 <= LATENCY_LIMIT_MS and completeness >= COMPLETENESS_LIMIT
                            and errors == 0 and unmatched == 0)
+    point["meets_goal"] = bool(point["passes"] and p99 <= GOAL_LATENCY_MS and completeness >= GOAL_COMPLETENESS)
     point["collapsed"] = bool(
         p99 is None or p99 > COLLAPSE_LATENCY_MS or completeness < 0.9 or errors > max(1, n // 10)
         or unmatched > max(1, utterances // 10))

@@ -46,6 +46,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"   largest N with p99 added latency ≤ {load['latency_limit_ms']:g} ms and completeness ≥ "
                      f"{load['completeness_limit']:g} (of those run): "
                      + ", ".join(f"{k} {_f(v, '{}')}" for k, v in best.items()))
+        goal = load.get("max_calls_meeting_goal")
+        if goal is not None:
+            lines.append(f"   largest N meeting the goal (p99 ≤ {load['goal_latency_ms']:g} ms, completeness 1.0000, "
+                         "no errors): " + ", ".join(f"{k} {_f(v, '{}')}" for k, v in goal.items()))
         lines.append("   (added latency includes the simulated Twilio's 20 ms playback tick: 20 ms is the floor; "
                      "cores = server CPU; other = busy cores used by neither server nor callers)")
     barge = results.get("barge_in")
