@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if "stages" in parts:
         from bench.stages import run_stages
 
-        print(f"  stage costs: {settings['stage_calls']} calls on each of 4 chains …", file=sys.stderr, flush=True)
+        print(f"  stage costs: {settings['stage_calls']} calls on each of {len(LADDER)} chains …", file=sys.stderr, flush=True)
         results["stages"] = run_stages(settings["stage_calls"], settings["stage_seconds"], ramp=settings["ramp"],
                                        log_dir=out / "logs", workers=args.workers,
                                        calls_per_process=args.calls_per_process, quiet_wait=settings["quiet_wait"])

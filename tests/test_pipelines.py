@@ -113,7 +113,7 @@ def test_yaml_syntax_error_has_a_line() -> None:
 def test_seed_shape_expands_to_the_default_chain() -> None:
     loaded = load_text("ai:\n  provider: echo\n  gemini: {api_key: ${GEMINI_API_KEY}}\n", "config.yaml", {})
     names = [s if isinstance(s, str) else next(iter(s)) for s in loaded.config.pipeline]
-    assert names == ["twilio.input", "mulaw.decode", "vad.interrupter", "resample", "echo", "resample",
+    assert names == ["twilio.input", "mulaw.decode", "resample", "vad.interrupter", "echo", "resample",
                      "mulaw.encode", "twilio.output"]
     assert build_chain(loaded).stages[4].role == "responder"
 

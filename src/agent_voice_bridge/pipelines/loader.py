@@ -23,8 +23,8 @@ from agent_voice_bridge.pipelines.errors import ConfigError, where
 DEFAULT_CHAIN = [
     "twilio.input",
     "mulaw.decode",
-    {"vad.interrupter": {"start_secs": 0.2, "stop_secs": 0.6}},  # at the line's own 8 kHz: Silero costs ~40% less
     {"resample": {"rate": 16000}},
+    {"vad.interrupter": {"start_secs": 0.2, "stop_secs": 0.6}},
     "@ai",
     {"resample": {"rate": 8000}},
     "mulaw.encode",
