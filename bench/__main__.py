@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if "load" in parts:
         results["load"] = run_load(args, settings, out)
     if "stages" in parts:
-        from bench.stages import run_stages
+        from bench.stages import LADDER, run_stages
 
         print(f"  stage costs: {settings['stage_calls']} calls on each of {len(LADDER)} chains …", file=sys.stderr, flush=True)
         results["stages"] = run_stages(settings["stage_calls"], settings["stage_seconds"], ramp=settings["ramp"],
