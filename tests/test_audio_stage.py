@@ -80,3 +80,34 @@ async def test_upstream_audio_is_not_taken_by_a_run():
     _, up = await run_test(Pipeline([MulawDecoder(side="caller"), Resampler(rate=16000, side="caller")]),
                            frames_to_send=[frame], frames_to_send_direction=FrameDirection.UPSTREAM)
     assert [type(f) for f in up] == [InputAudioRawFrame] and up[0].sample_rate == 8000, "upstream passes untouched"
+
+
+async def test_audio_sent_the_slow_way_is_still_transformed():
+    """A frame queued with a completion callback skips the run but not the stage's audio work."""
+    decoder = MulawDecoder(side="caller")
+    seen: list[Frame] = []
+
+    class Catch(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: FrameDirection):
+            await super().process_frame(frame, direction)
+            seen.append(frame)
+            await self.push_frame(frame, direction)
+
+    done: list[Frame] = []
+
+    async def callback(_processor, frame: Frame, _direction) -> None:
+        done.append(frame)
+
+    class SendWithCallback(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: FrameDirection):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, TextFrame) and frame.text == "go":
+                mulaw_frame = InputMulawAudioFrame(audio=mulaw.encode(np.full(160, 1000, np.int16).tobytes()))
+                await decoder.queue_frame(mulaw_frame, FrameDirection.DOWNSTREAM, callback)
+            else:
+                await self.push_frame(frame, direction)
+
+    await run_test(Pipeline([SendWithCallback(), decoder, Catch()]), frames_to_send=[TextFrame(text="go")])
+    audio = [f for f in seen if isinstance(f, InputAudioRawFrame)]
+    assert len(audio) == 1 and len(done) == 1, (seen, done)
+    assert np.abs(np.frombuffer(audio[0].audio, np.int16) - 1000).max() < 40, "decoded μ-law, not passed through"
