@@ -6,7 +6,6 @@ the answered call is played by the simulated caller from the TwiML the server ga
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx

@@ -13,7 +13,7 @@ import gc
 import os
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, HTTPException, Request, Response, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket
 from loguru import logger
 
 from agent_voice_bridge import metrics
