@@ -267,6 +267,31 @@ async def test_idle_peer_is_closed_1008(server: LiveServer, monkeypatch: pytest.
     assert 0.4 <= idle < 2.0
 
 
+async def test_a_peer_that_keeps_sending_outlives_the_idle_limit(server: LiveServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle limit counts from the last message (one timer re-armed per idle period, not one per message)."""
+    monkeypatch.setattr(twilio_stream, "IDLE_SECONDS", 0.3)
+    silent = bytes([mulaw.SILENCE_BYTE]) * 160
+    async with websockets.connect(server.ws_url) as ws:
+        await ws.send(CONNECTED)
+        await ws.send(start_message())
+        began = time.monotonic()
+        k = 0
+        while time.monotonic() - began < 1.2:  # four idle periods of media on Twilio's 20 ms clock
+            await ws.send(media_message(silent, k))
+            k += 1
+            await asyncio.sleep(0.02)
+        assert ws.close_code is None, f"closed after {time.monotonic() - began:.2f} s of steady media"
+        quiet_from = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        quiet = time.monotonic() - quiet_from
+    print(f"{k} media messages over 1.2 s kept it open; then closed {quiet:.2f} s after the last one")
+    assert ws.close_code == 1008
+    assert 0.25 <= quiet < 1.5
+
+
 # --------------------------------------------------------------------------- all at once, next to a real call
 
 

@@ -97,6 +97,7 @@ def _design(in_rate: int, out_rate: int) -> _Design:
     n = np.arange(length, dtype=np.float64) - delay
     fc = cutoff / fs_up  # cycles per upsampled sample
     h = up * 2.0 * fc * np.sinc(2.0 * fc * n) * np.kaiser(length, beta)
+    h[np.abs(h) < 1e-12] = 0.0  # the sinc's zero crossings, exact (float leaves ~1e-17 there)
 
     taps = -(-length // up)
     padded = np.zeros(taps * up, dtype=np.float64)
@@ -150,7 +151,9 @@ class _ChunkWork(NamedTuple):
     """Per resampler and chunk shape: a buffer for [history | chunk] and strided window views onto it."""
 
     buffer: np.ndarray
-    views: tuple[tuple[slice, np.ndarray, np.ndarray], ...]  # (outputs, windows [count, K], coefficients [K])
+    views: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    """Per phase: (its outputs, a view of ``out``; windows [count, K]; coefficients [K]), or for a phase with a
+    single non-zero tap k: (outputs, that tap's input column [count], its coefficient)."""
     out: np.ndarray
 
 
@@ -220,11 +223,15 @@ class PolyphaseResampler:
         work.buffer[history:] = x
         self._history[:] = work.buffer[n_in:]
         self._offset = plan.next_offset
-        y = work.out
         for out, windows, coeffs in work.views:
-            y[out] = windows @ coeffs
+            if windows.ndim == 1:  # a phase with one tap: a scaled copy, no product
+                np.multiply(windows, coeffs, out=out)
+            else:
+                np.matmul(windows, coeffs, out=out)
+        y = work.out
         np.rint(y, out=y)
-        np.clip(y, -32768, 32767, out=y)
+        np.minimum(y, 32767.0, out=y)  # two ufuncs: np.clip's Python wrapper costs more than both
+        np.maximum(y, -32768.0, out=y)
         return y.astype(np.int16)
 
     def _prepare(self, plan: _Plan, n_in: int) -> _ChunkWork:
@@ -238,11 +245,18 @@ class PolyphaseResampler:
         if len(self._work) >= 16:  # a stream of ever-changing chunk sizes must not grow this without bound
             self._work.clear()
         buffer = np.zeros(d.taps - 1 + n_in, dtype=np.float64)
+        out = np.empty(plan.count, dtype=np.float64)
         step = buffer.strides[0]
-        views = tuple(
-            (run.out, as_strided(buffer[run.first_row:], shape=(run.count, d.taps), strides=(run.row_step * step, step),
-                                 writeable=False), d.coeffs[run.phase])
-            for run in plan.runs
-        )
-        work = self._work[(self._offset, n_in)] = _ChunkWork(buffer, views, np.empty(plan.count, dtype=np.float64))
+        views = []
+        for run in plan.runs:
+            coeffs = d.coeffs[run.phase]
+            windows = as_strided(buffer[run.first_row:], shape=(run.count, d.taps), strides=(run.row_step * step, step),
+                                 writeable=False)
+            (nonzero,) = np.nonzero(coeffs)
+            if len(nonzero) == 1:  # upsampling by L: one phase of the half-band-like lowpass is a pure delay
+                k = int(nonzero[0])
+                views.append((out[run.out], windows[:, k], coeffs[k]))
+            else:
+                views.append((out[run.out], windows, coeffs))
+        work = self._work[(self._offset, n_in)] = _ChunkWork(buffer, tuple(views), out)
         return work
