@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame
+from pipecat.frames.frames import ErrorFrame, Frame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
 from agent_voice_bridge.audio import mulaw
 from agent_voice_bridge.audio.resampler import PolyphaseResampler
+from agent_voice_bridge.processors.audio_stage import AudioSink, hand_on
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
 from agent_voice_bridge.processors.loopback import Loopback
 from agent_voice_bridge.processors.mulaw import MulawDecoder, MulawEncoder
@@ -111,3 +112,79 @@ async def test_audio_sent_the_slow_way_is_still_transformed():
     audio = [f for f in seen if isinstance(f, InputAudioRawFrame)]
     assert len(audio) == 1 and len(done) == 1, (seen, done)
     assert np.abs(np.frombuffer(audio[0].audio, np.int16) - 1000).max() < 40, "decoded μ-law, not passed through"
+
+
+class HandingOn(FrameProcessor):
+    """A source like ``twilio.input``: audio goes on with :func:`hand_on`, everything else by push."""
+
+    def __init__(self):
+        super().__init__(enable_direct_mode=True)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputMulawAudioFrame):
+            await hand_on(self, frame)
+        else:
+            await self.push_frame(frame, direction)
+
+
+class Sink(AudioSink, FrameProcessor):
+    """A sink like ``twilio.output``: records what it takes by call and what reaches it by push, in one list."""
+
+    def __init__(self):
+        super().__init__(enable_direct_mode=True)
+        self.got: list[tuple[str, Frame]] = []
+
+    async def take_audio(self, frame: Frame) -> None:
+        self.got.append(("call", frame))
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, (OutputMulawAudioFrame, TextFrame)):
+            self.got.append(("push", frame))
+        await self.push_frame(frame, direction)
+
+
+def _chain(*middle: FrameProcessor) -> list[FrameProcessor]:
+    return [MulawDecoder(side="caller"), Resampler(rate=16000, side="caller"), *middle, Loopback(),
+            Resampler(rate=8000, side="agent"), MulawEncoder(side="agent")]
+
+
+async def test_audio_goes_from_source_through_run_into_sink_by_calls_in_order():
+    frames = _caller_frames()
+    pushed: list[Frame] = []
+    source, sink = HandingOn(), Sink()
+    stages = _chain()
+    for stage in (source, *stages):
+        stage.add_event_handler("on_before_push_frame", lambda _p, frame: pushed.append(frame))
+    await run_test(Pipeline([source, *stages, sink]), frames_to_send=frames)
+    expected = [("call", OutputMulawAudioFrame) if isinstance(f, InputMulawAudioFrame) else ("push", TextFrame)
+                for f in frames]
+    assert [(how, type(f)) for how, f in sink.got] == expected, "audio by call, text by push, in the order sent"
+    assert b"".join(f.audio for how, f in sink.got if how == "call") == _expected_audio(frames)
+    assert not any(isinstance(f, (InputMulawAudioFrame, OutputMulawAudioFrame)) for f in pushed), \
+        "no pipecat push for audio from the source to the sink"
+
+
+async def test_a_plain_processor_after_the_run_gets_audio_by_push():
+    frames = _caller_frames(10)
+    counter, sink = Counting(), Sink()
+    await run_test(Pipeline([HandingOn(), *_chain(), counter, sink]), frames_to_send=frames)
+    assert [how for how, f in sink.got if isinstance(f, OutputMulawAudioFrame)] == ["push"] * 10
+    assert b"".join(f.audio for _, f in sink.got if isinstance(f, OutputMulawAudioFrame)) == _expected_audio(frames)
+
+
+async def test_an_exception_in_a_run_becomes_an_error_frame_not_a_dead_reader():
+    """``twilio.input`` hands audio on from its reader task, where no pipecat ``process_frame`` would catch."""
+
+    class Brittle(MulawDecoder):
+        def audio(self, frame: Frame) -> Frame:
+            raise ValueError("this frame breaks")
+
+    source, brittle = FrameProcessor(), Brittle(side="caller")
+    source.link(brittle)
+    pushed: list[Frame] = []
+    source.add_event_handler("on_before_push_frame", lambda _p, frame: pushed.append(frame))
+    await hand_on(source, _caller_frames(1)[0])  # does not raise
+    assert [type(f) for f in pushed] == [ErrorFrame] and "this frame breaks" in pushed[0].error
+    assert pushed[0].processor is source, "attributed to the stage that handed the audio on"

@@ -1,17 +1,25 @@
 """Stages whose audio work is a plain function of one frame, and runs of them that skip pipecat's hops.
 
-A pipecat hop (``push_frame`` → ``queue_frame`` → ``process_frame``) costs ~5 µs of
-observer records, event-handler checks and clock reads, even in direct mode; a call sends 50 frames a
-second each way through half a dozen cheap stages (codec, resampler, VAD feed), so
-the hops cost more than the work. An :class:`AudioStage` does its audio work in the
-synchronous :meth:`AudioStage.audio`. When audio reaches the first stage of a run of
-adjacent ones, the run calls each stage's ``audio`` in chain order and pushes the
-result from the last stage: one hop in, one hop out, the same frames in the same
-order. Every other frame (start, interruptions, text, upstream traffic) still goes
-stage by stage through ``process_frame``.
+A pipecat hop (``push_frame`` → ``queue_frame`` → ``process_frame``) costs ~3–5 µs of
+observer records, event-handler checks, clock reads and a trace message formatted for
+every frame, even in direct mode; a call sends 50 frames a second each way through half
+a dozen cheap stages (codec, resampler, VAD feed), so the hops cost more than the work.
+An :class:`AudioStage` does its audio work in the synchronous :meth:`AudioStage.audio`.
+When audio reaches the first stage of a run of adjacent ones, the run calls each stage's
+``audio`` in chain order and hands the result on from the last stage: the same frames in
+the same order. Every other frame (start, interruptions, text, upstream traffic) still
+goes stage by stage through ``process_frame``.
 
-What is given up: pipecat observers and ``on_*_process_frame`` handlers do not see
-audio frames inside a run (they see them enter and leave it).
+The run's neighbours can skip their hop too (:func:`hand_on`): ``twilio.input`` calls
+straight into a run that follows it, and a run calls straight into an
+:class:`AudioSink` (``twilio.output``) that follows it. So on the default chain a
+caller's frame goes from the socket to the run to the socket with no pipecat push at all.
+
+What is given up: pipecat observers and ``on_*_push_frame``/``on_*_process_frame``
+handlers do not see audio frames inside a run or handed on to or from one (the bridge
+registers neither; a processor that is not an audio stage or sink between them gets
+every frame the pipecat way). An exception in a run becomes an ``ErrorFrame`` from the
+stage that handed the audio on, as in pipecat's own push.
 """
 
 from __future__ import annotations
@@ -41,13 +49,17 @@ class AudioStage(Stage, FrameProcessor):
     async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM,
                           callback: FrameCallback | None = None):
         if direction is FrameDirection.DOWNSTREAM and callback is None and isinstance(frame, AUDIO_FRAMES):
-            run = self._run or self._find_run()
-            if not run[-1]._cancelling:
-                for stage in run:
-                    frame = stage.audio(frame)
-                await run[-1].push_frame(frame, direction)
+            await self.take_audio(frame)
             return
         await super().queue_frame(frame, direction, callback)
+
+    async def take_audio(self, frame: Frame) -> None:
+        """Run downstream audio through this stage and the audio stages after it, then hand it on."""
+        run = self._run or self._find_run()
+        if not run[-1]._cancelling:
+            for stage in run:
+                frame = stage.audio(frame)
+            await hand_on(run[-1], frame)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -62,3 +74,27 @@ class AudioStage(Stage, FrameProcessor):
             run.append(run[-1]._next)
         self._run = tuple(run)
         return self._run
+
+
+class AudioSink:
+    """A processor that can take downstream audio by a plain call (``twilio.output``), not only by a push."""
+
+    async def take_audio(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+
+async def hand_on(source: FrameProcessor, frame: Frame) -> None:
+    """Pass downstream audio from ``source`` to the next processor.
+
+    A call when the next one is an audio stage or an audio sink, else pipecat's
+    ``push_frame``. As in pipecat's push, an exception on the way becomes an
+    ``ErrorFrame`` from ``source`` instead of ending the task that read the audio.
+    """
+    receiver = source._next
+    if not isinstance(receiver, (AudioStage, AudioSink)) or not isinstance(frame, AUDIO_FRAMES):
+        await source.push_frame(frame, FrameDirection.DOWNSTREAM)
+        return
+    try:
+        await receiver.take_audio(frame)
+    except Exception as exc:
+        await source.push_error(error_msg=f"Uncaught exception: {exc}", exception=exc)

@@ -28,6 +28,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
+from agent_voice_bridge.processors.audio_stage import hand_on
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import Dtmf, Mark, Media, Stop
@@ -92,7 +93,7 @@ class TwilioInput(Stage, FrameProcessor):
             if isinstance(event, Media):
                 if recorder is not None:
                     recorder.caller_audio(event.payload)
-                await self.push_frame(InputMulawAudioFrame(audio=event.payload))
+                await hand_on(self, InputMulawAudioFrame(audio=event.payload))  # into the run, no hop
             elif isinstance(event, Mark):
                 if recorder is not None:
                     recorder.mark_echoed(event.name)

@@ -41,6 +41,7 @@ from pydantic import Field
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
+from agent_voice_bridge.processors.audio_stage import AudioSink
 from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -63,7 +64,7 @@ class TwilioOutputParams(StageParams):
                                description="Mark spacing: the resolution of 'how much did the caller hear'.")
 
 
-class TwilioOutput(Stage, FrameProcessor):
+class TwilioOutput(Stage, AudioSink, FrameProcessor):
     """Sends ``OutputMulawAudioFrame`` as Twilio ``media``, plus ``mark`` and ``clear``."""
 
     Params = TwilioOutputParams
@@ -108,6 +109,13 @@ class TwilioOutput(Stage, FrameProcessor):
             await self._end_segment()
         self._note(frame)
         await self.push_frame(frame, direction)
+
+    async def take_audio(self, frame: Frame) -> None:
+        """Audio handed on by a run of audio stages (the μ-law encoder): sent without a pipecat hop."""
+        if type(frame) is OutputMulawAudioFrame and not self._cancelling:
+            await self._send_audio(frame)
+        else:
+            await self.queue_frame(frame, FrameDirection.DOWNSTREAM)
 
     def _note(self, frame: Frame) -> None:
         """What the latency figures, the call's journal and its opening line learn from frames passing by."""
