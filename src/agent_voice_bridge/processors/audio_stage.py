@@ -12,8 +12,9 @@ goes stage by stage through ``process_frame``.
 
 The run's neighbours can skip their hop too (:func:`hand_on`): ``twilio.input`` calls
 straight into a run that follows it, and a run calls straight into an
-:class:`AudioSink` (``twilio.output``) that follows it. So on the default chain a
-caller's frame goes from the socket to the run to the socket with no pipecat push at all.
+:class:`AudioSink` (``twilio.output``) that follows it. On the default chain a caller's
+frame then takes one pipecat push, into the AI stage, and the model's audio one, out of
+it; with ``loopback`` in the AI's place (the benchmark's chain) none at all.
 
 What is given up: pipecat observers and ``on_*_push_frame``/``on_*_process_frame``
 handlers do not see audio frames inside a run or handed on to or from one (the bridge
