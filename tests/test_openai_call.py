@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from websockets.asyncio.server import serve
+
 from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.loader import load_file
+from agent_voice_bridge.services import early
+from agent_voice_bridge.services.openai_realtime import CLOSE_TIMEOUT_SECS, OpenAIRealtime, OpenAIRealtimeParams
+from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
 from conftest import ROOT, LiveServer, speech
 from fakes.openai_realtime import FakeOpenAIRealtime
@@ -101,3 +109,28 @@ async def test_the_model_connection_opens_before_the_stream_starts() -> None:
         assert len(fake.handshakes) == 1, "the call used the early connection"
         assert fake.sessions[0].events, "and spoke over it"
     assert result.events_of("audio_start")[0].t < 1.0, "the greeting came without a connection wait"
+
+
+async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_most_the_close_timeout():
+    """A finished call closes its model socket. A backend that has stopped reading (its handler busy, the
+    socket's queue full, so the close frame is never read) must not hold the call's teardown for
+    websockets' default 10 s."""
+    released = asyncio.Event()
+
+    async def never_reads(ws) -> None:
+        await released.wait()  # reads nothing: past max_queue messages the server stops reading the socket
+
+    async with serve(never_reads, "127.0.0.1", 0, max_queue=4, close_timeout=0.5) as server:
+        port = server.sockets[0].getsockname()[1]
+        params = OpenAIRealtimeParams(api_key="sk-test", base_url=f"ws://127.0.0.1:{port}/v1/realtime")
+        OpenAIRealtime.connect_early(params, CallInfo(call_sid="CA-slow-close", stream_sid="MZ-slow-close"))
+        ws = await early.claim("CA-slow-close", "openai.realtime")
+        assert ws is not None
+        for _ in range(64):
+            await ws.send("x" * 32768)  # audio the backend no longer reads
+        began = time.monotonic()
+        await ws.close()
+        took = time.monotonic() - began
+        released.set()
+    print(f"close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")
+    assert took < CLOSE_TIMEOUT_SECS + 1.0

@@ -52,6 +52,9 @@ RECOVERABLE_ERRORS = {
 }
 """Error codes that concern one request, not the session: logged, and the call goes on."""
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+CLOSE_TIMEOUT_SECS = 2.0
+"""How long a finished call waits for the model's socket to complete its close handshake (websockets waits 10 s
+by default): the call's slot, record and log line should not wait on a slow goodbye from the backend."""
 
 
 class OpenAIRealtimeParams(RealtimeParams):
@@ -244,8 +247,10 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
     def connect_early(cls, params: OpenAIRealtimeParams, call: CallInfo) -> None:
         url = f"{params.base_url or DEFAULT_URL}?model={params.model}"
         headers = {"Authorization": f"Bearer {params.api_key}"}
-        early.open_early(call.call_sid, "openai.realtime", lambda: websocket_connect(uri=url, additional_headers=headers),
-                         lambda ws: ws.close())
+        def connect():
+            return websocket_connect(uri=url, additional_headers=headers, close_timeout=CLOSE_TIMEOUT_SECS)
+
+        early.open_early(call.call_sid, "openai.realtime", connect, lambda ws: ws.close())
 
     async def _connect(self):
         if self._websocket is None and self._call is not None:
@@ -255,5 +260,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                 self._receive_task = self.create_task(self._receive_task_handler())
                 return
         await super()._connect()
+        if self._websocket is not None:
+            self._websocket.close_timeout = CLOSE_TIMEOUT_SECS  # pipecat's own connect keeps websockets' 10 s
         if self._websocket is None and not self._backend_lost:
             await self.backend_lost("could not connect")
