@@ -42,6 +42,12 @@ def _caller_frames(n: int = 20) -> list[Frame]:
     return frames
 
 
+def _chain() -> list[FrameProcessor]:
+    """decode → 16 kHz → loopback → 8 kHz → encode: one run of audio stages."""
+    return [MulawDecoder(side="caller"), Resampler(rate=16000, side="caller"), Loopback(),
+            Resampler(rate=8000, side="agent"), MulawEncoder(side="agent")]
+
+
 def _expected_audio(frames: list[Frame]) -> bytes:
     """What decode → 16 kHz → loopback → 8 kHz → encode gives, computed without any processor."""
     up, down = PolyphaseResampler(8000, 16000), PolyphaseResampler(16000, 8000)
@@ -55,8 +61,7 @@ def _expected_audio(frames: list[Frame]) -> bytes:
 async def test_a_run_gives_what_the_stages_give_one_by_one_in_order():
     frames = _caller_frames()
     counter = Counting()
-    chain = Pipeline([MulawDecoder(side="caller"), Resampler(rate=16000, side="caller"), Loopback(),
-                      Resampler(rate=8000, side="agent"), MulawEncoder(side="agent"), counter])
+    chain = Pipeline([*_chain(), counter])
     down, _ = await run_test(chain, frames_to_send=frames)
     kinds = [type(f) for f in down]
     expected = [OutputMulawAudioFrame if isinstance(f, InputMulawAudioFrame) else TextFrame for f in frames]
@@ -143,11 +148,6 @@ class Sink(AudioSink, FrameProcessor):
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, (OutputMulawAudioFrame, TextFrame)):
             self.got.append(("push", frame))
         await self.push_frame(frame, direction)
-
-
-def _chain(*middle: FrameProcessor) -> list[FrameProcessor]:
-    return [MulawDecoder(side="caller"), Resampler(rate=16000, side="caller"), *middle, Loopback(),
-            Resampler(rate=8000, side="agent"), MulawEncoder(side="agent")]
 
 
 async def test_audio_goes_from_source_through_run_into_sink_by_calls_in_order():

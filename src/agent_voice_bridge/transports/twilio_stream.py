@@ -85,7 +85,7 @@ class TwilioMediaStream:
                     return None
                 continue
             if isinstance(event, Media):
-                if self._flooding(len(event.payload)):
+                if self._flooding(len(event.payload), self._last_message):
                     await self.close(CLOSE_POLICY, "audio arriving faster than real time")
                     return None
             elif isinstance(event, Start) and self.start is not None:
@@ -129,9 +129,9 @@ class TwilioMediaStream:
             return True
         return False
 
-    def _flooding(self, size: int) -> bool:
+    def _flooding(self, size: int, now: float) -> bool:
         self._media_bytes += size
-        allowed = (time.monotonic() - self._started_at) * 8000 + FLOOD_BURST_BYTES
+        allowed = (now - self._started_at) * 8000 + FLOOD_BURST_BYTES
         return self._media_bytes > allowed
 
     async def wait_for_start(self, timeout: float = 10.0) -> Start:
