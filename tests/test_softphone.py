@@ -310,4 +310,4 @@ def test_browser_call_on_a_twilio_server_with_the_api_key(tmp_path: Path) -> Non
     page = result["page"]
     assert "key=" not in result["address"], "the page leaves the key in the address bar"
     assert page["callSid"].startswith("CA") and page["latencies"], page["stats"]
-    assert page["stats"]["bytesReceived"] > 8000
+    assert page["stats"]["bytesReceived"] >= 8000, "the reply brought less than a second of audio"

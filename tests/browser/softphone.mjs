@@ -6,7 +6,8 @@
 // recorded a barge-in and the reply after it, waits until the line is quiet (nothing queued, every mark
 // echoed, no audio for a second), prints "QUIET" and waits for a line on stdin (the test checks the
 // server's state meanwhile), hangs up, and writes window.softphone plus diagnostics to `out`.
-// With "firstReplyOnly": true it hangs up after the first reply (and records the page's address).
+// With "firstReplyOnly": true it hangs up once the first reply has brought `replyBytes` of audio (default 8000,
+// one second of μ-law; how fast it arrives depends on the box's load) and records the page's address.
 // Progress goes to stdout, one line per step, so a failure shows how far the call got.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -82,6 +83,9 @@ async function run() {
   s = await waitFor('the first reply', (x) => x.latencies.length >= 1);
   say(`first reply after ${s.latencies[0]} ms`);
   if (opts.firstReplyOnly) {
+    const replyBytes = opts.replyBytes ?? 8000;
+    s = await waitFor(`${replyBytes} bytes of reply audio`, (x) => x.stats.bytesReceived >= replyBytes);
+    say(`${s.stats.bytesReceived} bytes of reply audio`);
     const address = page.url();
     await page.evaluate(() => window.softphone.hangUp());
     await page.waitForTimeout(300);
