@@ -210,8 +210,11 @@ def best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int = 800) ->
     return lag, float(np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y)))
 
 
-ARRIVAL_SLACK_SAMPLES = 5 * 8
-"""5 ms: how late the caller's audio may reach the server, on whose arrival the call's clock is anchored."""
+ARRIVAL_SLACK_SAMPLES = 20 * 8
+"""20 ms: how late the caller's audio may reach the server (the call's clock is anchored on its arrival) plus how
+late our audio may reach the caller. +2 ms on a quiet box; up to +11.5 ms seen with six CPU hogs beside the test,
+and a full suite on a loaded 2-core box crossed 25 ms. A misplaced reply (a wrong playhead, a missed cut) is off
+by hundreds of ms."""
 
 
 async def test_stereo_recording_is_what_the_caller_heard_cut_at_the_barge_in(tmp_path: Path) -> None:
@@ -232,13 +235,13 @@ async def test_stereo_recording_is_what_the_caller_heard_cut_at_the_barge_in(tmp
     first_reply = min(e.t for e in result.events_of("audio_start"))
     next_reply = min(e.t for e in result.events_of("audio_start") if e.t > clear)
     # Each reply is placed on the call's clock where Twilio played it; the simulated Twilio starts playback
-    # on its next 20 ms frame, so each may sit up to one frame off, plus the few ms the caller's audio takes
-    # to reach the server (the call's clock is anchored on its arrival: +2 ms on a quiet box), never more.
+    # on its next 20 ms frame, so each may sit up to one frame off, plus the time audio takes to travel
+    # between caller and server (ARRIVAL_SLACK_SAMPLES), never more.
     for start, end in ((first_reply, clear), (next_reply, len(heard) / 8000)):
         span = slice(int((start - 0.1) * 8000), int(end * 8000))
         lag, score = best_lag(right[span], heard[span], max_lag=400)
         print(f"reply at {start:.2f} s: recorded {lag / 8:+.1f} ms from what was heard, correlation {score:.3f}")
-        assert abs(lag) <= FRAME_SAMPLES + ARRIVAL_SLACK_SAMPLES and score >= 0.95, (start, lag, score)
+        assert abs(lag) <= FRAME_SAMPLES + ARRIVAL_SLACK_SAMPLES and score >= 0.95, (start, lag / 8, score)
     cut = right[int((clear + 0.03) * 8000): int((next_reply - 0.01) * 8000)]
     before = right[int((clear - 0.4) * 8000): int(clear * 8000)]
     assert len(cut) > 800 and not cut.any(), "nothing of the cleared reply is on the AI channel"

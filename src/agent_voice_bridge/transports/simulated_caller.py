@@ -182,6 +182,9 @@ class CallResult:
     stream_sid: str
     call_sid: str
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    """Time 0 of this result's clock (the ``start`` message) on the caller's event-loop clock, which for
+    asyncio's loops is ``time.monotonic()``: it relates the call's times to things that happened elsewhere."""
 
     def events_of(self, kind: str) -> list[CallEvent]:
         """The events of one kind, in time order."""
@@ -646,6 +649,7 @@ class _Call:
             stream_sid=self.stream_sid,
             call_sid=self.call_sid,
             custom_parameters=dict(self.custom_parameters),
+            started_at=self._t0,
         )
 
 
