@@ -38,9 +38,12 @@ TAIL = ["  - tts.piper", "  - mulaw.encode", "  - twilio.output"]
 
 
 def chain(fake: FakeAnthropic, llm: str = "llm.anthropic", **extra: str) -> str:
-    lines = [f"  - {llm}:", "      api_key: test-key", "      model: claude-test"]
+    lines = [f"  - {llm}:", "      api_key: test-key"]
     if llm == "llm.anthropic":
-        lines += [f"      base_url: {fake.url}", "      instructions: 'You answer the phone for {callee}.'"]
+        lines += ["      model: claude-test", f"      base_url: {fake.url}",
+                  "      instructions: 'You answer the phone for {callee}.'"]
+    else:  # a pipecat service as pipecat 1.x wants it configured (its model= keyword is deprecated)
+        lines += ["      settings: {model: claude-test, max_tokens: 300}"]
     lines += [f"      {k}: {v}" for k, v in extra.items()]
     return "\n".join(HEAD + lines + TAIL) + "\n"
 
@@ -140,5 +143,6 @@ async def test_a_pipecat_service_with_no_short_name_runs_by_import_path(monkeypa
             result = await run_call(server.http_url, [Say(speech("hello-world")), WaitHeard(timeout=10),
                                                       WaitQuiet(idle=0.8)])
         request, = fake.requests
-    assert request.body["model"] == "claude-test" and "hello" in words(request.texts("user")[-1])
+    assert request.body["model"] == "claude-test" and request.body["max_tokens"] == 300
+    assert "hello" in words(request.texts("user")[-1])
     assert mostly_in(words("Good afternoon from the plain service."), words(transcribe(result.heard)))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_voice_bridge.pipelines.builder import build_pipeline
-from agent_voice_bridge.pipelines.chain import build_chain
+from agent_voice_bridge.pipelines.builder import build_pipeline, build_processor
+from agent_voice_bridge.pipelines.chain import build_chain, masked
 from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import load_default, load_file, load_text
 from agent_voice_bridge.pipelines.schema import file_schema
@@ -131,6 +131,39 @@ def test_custom_class_by_import_path_passes_audio_through_and_gets_kwargs() -> N
     assert custom.audio_in == custom.audio_out and str(custom.audio_out) == "16 kHz PCM16"
     message = problems_of(ECHO_CHAIN.replace("  - echo\n", "  - stages.counting:CountingProcessor: {labl: x}\n  - echo\n"))
     assert "CountingProcessor takes no parameter 'labl'" in message
+
+
+CONFIGURED = "  - stages.configured:ConfiguredProcessor: {settings: {gain_db: -6, bands: [300, 3400]}, params: %s}\n"
+
+
+def test_a_mapping_for_a_settings_object_becomes_one_fresh_per_call() -> None:
+    """pipecat takes a service's options as objects (``settings=...Settings(model=...)``); YAML writes mappings."""
+    from stages.configured import GainParams, GainSettings
+
+    chain = chain_of(ECHO_CHAIN.replace("  - echo\n", CONFIGURED % "{ceiling: 20000}" + "  - echo\n"))
+    stage = chain.stages[4]
+    one, two = build_processor(stage, None), build_processor(stage, None)
+    assert one.settings == GainSettings(gain_db=-6.0, bands=[300, 3400]) and one.params == GainParams(ceiling=20000)
+    assert one.settings is not two.settings and one.params is not two.params, "calls must not share options"
+    assert stage.param_dict()["settings"] == {"gain_db": -6, "bands": [300, 3400]}, "the chain keeps the mapping"
+
+
+def test_a_settings_mapping_that_does_not_fit_names_the_file_line_stage_and_field() -> None:
+    text = ECHO_CHAIN.replace("  - echo\n", CONFIGURED.replace("gain_db", "gain") % "{ceiling: loud}" + "  - echo\n")
+    message = problems_of(text)
+    assert "test.yaml:7: stage 5 (stages.configured:ConfiguredProcessor)" in message, message
+    assert "settings: GainSettings.__init__() got an unexpected keyword argument 'gain'" in message
+    text = ECHO_CHAIN.replace("  - echo\n", CONFIGURED % "{ceiling: loud}" + "  - echo\n")
+    assert "params.ceiling: Input should be a valid integer" in problems_of(text)
+
+
+def test_a_secret_inside_a_settings_mapping_is_never_shown() -> None:
+    shown = masked({"settings": {"api_key": "sk-live-123", "model": "m", "auth": {"token": "t0k"}}, "label": "x"})
+    assert shown == {"settings": {"api_key": "***", "model": "m", "auth": {"token": "***"}}, "label": "x"}
+    text = CONFIGURED.replace("gain_db: -6", "gain_db: -6, api_key: sk-live-123") % "{ceiling: 1}"
+    described = build_chain(load_text(ECHO_CHAIN.replace("  - echo\n", text + "  - echo\n"), "t.yaml", {}),
+                            fallbacks=False).stages[4].describe()
+    assert "'api_key': '***'" in described and "sk-live" not in described
 
 
 def test_every_call_gets_fresh_processors() -> None:

@@ -11,7 +11,8 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import LLMService
 
-from agent_voice_bridge.pipelines.chain import Chain, ResolvedStage, init_keywords
+from agent_voice_bridge.pipelines.chain import Chain, ResolvedStage
+from agent_voice_bridge.pipelines.keywords import init_keywords, typed_kwargs
 from agent_voice_bridge.pipelines.services import kind_of, service_kwargs
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.heard_context import conversation_for
@@ -22,7 +23,7 @@ def build_processor(stage: ResolvedStage, call: CallInfo | None) -> FrameProcess
     if issubclass(stage.cls, Stage):
         ctx = StageContext(audio_in=stage.audio_in, side=stage.side, call=call)
         return stage.cls.create(stage.params, ctx)
-    kwargs = service_kwargs(kind_of(stage.cls), stage.param_dict(), stage.audio_in)
+    kwargs = service_kwargs(kind_of(stage.cls), typed_kwargs(stage.cls, stage.param_dict()), stage.audio_in)
     # A custom stage that wants the call's facts (caller number, <Parameter>s) asks for `call`.
     if "call" in init_keywords(stage.cls):
         kwargs["call"] = call

@@ -7,7 +7,6 @@ with the file, the YAML line and the stage's position.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,17 @@ from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.pipelines.errors import ConfigError, where
 from agent_voice_bridge.pipelines.fallback import build_fallback
-from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
+from agent_voice_bridge.pipelines.formats import (
+    MULAW_8K,
+    AudioFormat,
+    FormatMismatch,
+    Side,
+)
+from agent_voice_bridge.pipelines.keywords import (
+    format_validation,
+    init_keywords,
+    typed_kwargs,
+)
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
 from agent_voice_bridge.pipelines.services import kind_of, service_audio_out
@@ -42,7 +51,7 @@ class ResolvedStage:
     def describe(self) -> str:
         fmt_in = str(self.audio_in) if self.audio_in else "—"
         fmt_out = str(self.audio_out) if self.audio_out else "—"
-        shown = {k: ("***" if is_secret(k) and v else v) for k, v in self.param_dict().items()}
+        shown = masked(self.param_dict())
         args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"{self.position:>2}. {self.name:<18} {self.side:<6} {fmt_in:>14} → {fmt_out:<14} {args}"
 
@@ -104,6 +113,11 @@ def is_secret(name: str) -> bool:
     return any(part.endswith(word) for part in name.lower().split("_") for word in SECRET_WORDS)
 
 
+def masked(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` fit to show: secrets as ``***``, at any depth (``settings: {api_key: ...}``)."""
+    return {k: "***" if is_secret(k) and v else masked(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
 def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, str):
         return entry, {}
@@ -123,29 +137,8 @@ def _validate_params(cls: type, params: dict[str, Any]) -> BaseModel | dict[str,
     unknown = [k for k in params if k not in init_keywords(cls)]
     if unknown:
         raise TypeError(f"{cls.__name__} takes no parameter {', '.join(map(repr, unknown))}")
+    typed_kwargs(cls, params)  # a mapping for a settings object must build into one (each call builds its own)
     return dict(params)
-
-
-def init_keywords(cls: type) -> set[str]:
-    """Keyword arguments a class accepts, following ``**kwargs`` up the MRO (pipecat passes them to its bases)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        parameters = list(inspect.signature(init).parameters.values())[1:]
-        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
-
-
-def _format_validation(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "parameters"
-        parts.append(f"{loc}: {e['msg']}")  # never the input value: it may be a secret
-    return "; ".join(parts)
 
 
 def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
@@ -178,7 +171,7 @@ def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
             problems.append(f"{at}: {exc}")
             continue
         except ValidationError as exc:
-            problems.append(f"{at}: {_format_validation(exc)}")
+            problems.append(f"{at}: {format_validation(exc)}")
             continue
         except TypeError as exc:
             problems.append(f"{at}: {exc}")
