@@ -158,8 +158,8 @@ def test_a_settings_mapping_that_does_not_fit_names_the_file_line_stage_and_fiel
 
 
 def test_a_secret_inside_a_settings_mapping_is_never_shown() -> None:
-    shown = masked({"settings": {"api_key": "sk-live-123", "model": "m", "auth": {"token": "t0k"}}, "label": "x"})
-    assert shown == {"settings": {"api_key": "***", "model": "m", "auth": {"token": "***"}}, "label": "x"}
+    shown = masked({"settings": {"api_key": "sk-live-123", "model": "m", "auth": [{"token": "t0k"}]}, "label": "x"})
+    assert shown == {"settings": {"api_key": "***", "model": "m", "auth": [{"token": "***"}]}, "label": "x"}
     text = CONFIGURED.replace("gain_db: -6", "gain_db: -6, api_key: sk-live-123") % "{ceiling: 1}"
     described = build_chain(load_text(ECHO_CHAIN.replace("  - echo\n", text + "  - echo\n"), "t.yaml", {}),
                             fallbacks=False).stages[4].describe()

@@ -14,17 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.pipelines.errors import ConfigError, where
 from agent_voice_bridge.pipelines.fallback import build_fallback
-from agent_voice_bridge.pipelines.formats import (
-    MULAW_8K,
-    AudioFormat,
-    FormatMismatch,
-    Side,
-)
-from agent_voice_bridge.pipelines.keywords import (
-    format_validation,
-    init_keywords,
-    typed_kwargs,
-)
+from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
+from agent_voice_bridge.pipelines.keywords import format_validation, init_keywords, typed_kwargs
 from agent_voice_bridge.pipelines.loader import LoadedConfig
 from agent_voice_bridge.pipelines.registry import UnknownStage, resolve
 from agent_voice_bridge.pipelines.services import kind_of, service_audio_out
@@ -115,7 +106,15 @@ def is_secret(name: str) -> bool:
 
 def masked(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` fit to show: secrets as ``***``, at any depth (``settings: {api_key: ...}``)."""
-    return {k: "***" if is_secret(k) and v else masked(v) if isinstance(v, dict) else v for k, v in params.items()}
+    return {k: "***" if is_secret(k) and v else _masked_value(v) for k, v in params.items()}
+
+
+def _masked_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return masked(value)
+    if isinstance(value, list):
+        return [_masked_value(v) for v in value]
+    return value
 
 
 def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
