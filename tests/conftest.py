@@ -8,7 +8,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +131,16 @@ ECHO_YAML = (ROOT / "pipelines" / "echo.yaml").read_text()
 def echo_server() -> Iterator[LiveServer]:
     with LiveServer(ECHO_YAML, "pipelines/echo.yaml") as server:
         yield server
+
+
+async def seconds_to_close_a_stuck_socket(socket, close: Callable[[], Awaitable[object]]) -> float:
+    """Time ``close()`` of a client ``socket`` whose peer has stopped reading.
+
+    16 × 32 KB goes past the peer's ``max_queue`` (4 here), so the rest waits in the kernel's buffers
+    and the close frame is never read: the close handshake lasts the client's whole close timeout.
+    """
+    for _ in range(16):
+        await socket.send("x" * 32768)
+    began = time.monotonic()
+    await close()
+    return time.monotonic() - began

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import numpy as np
 import pytest
+from websockets.asyncio.server import serve
 
+from agent_voice_bridge.services import early
+from agent_voice_bridge.services.backend import CLOSE_TIMEOUT_SECS
+from agent_voice_bridge.services.gemini_live import GeminiLive, GeminiLiveParams, _close_early
+from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
-from conftest import ROOT, LiveServer, speech
+from conftest import ROOT, LiveServer, seconds_to_close_a_stuck_socket, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
+from fakes.tls import loopback_tls
 
 
 def chain_yaml(fake: FakeGeminiLive, *, turn_detection: str, vad: bool = True, greeting: str | None = None) -> str:
@@ -127,3 +136,29 @@ async def test_the_live_session_opens_before_the_stream_starts() -> None:
         assert session.client_contents, "and asked for its greeting over it"
         assert not session.protocol_errors
     assert result.events_of("audio_start")[0].t < 1.0
+
+
+async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_most_the_close_timeout():
+    """As for OpenAI: google-genai opens the Live socket with websockets' default 10 s close timeout, and a
+    backend that has stopped reading never reads the close frame."""
+    released = asyncio.Event()
+    tls = loopback_tls()
+
+    async def setup_then_never_reads(ws) -> None:
+        await ws.recv()  # the setup message
+        await ws.send(json.dumps({"setupComplete": {}}))
+        await released.wait()  # reads nothing more
+
+    async with serve(setup_then_never_reads, "127.0.0.1", 0, ssl=tls.server, max_queue=4, close_timeout=0.5) as server:
+        port = server.sockets[0].getsockname()[1]
+        params = GeminiLiveParams(api_key="test-key", base_url=f"https://127.0.0.1:{port}", api_version="v1beta",
+                                  ca_file=tls.ca_path)
+        GeminiLive.connect_early(params, CallInfo(call_sid="CA-slow-close", stream_sid="MZ-slow-close"))
+        parked = await early.claim("CA-slow-close", "gemini.live")
+        assert parked is not None
+        try:
+            took = await seconds_to_close_a_stuck_socket(parked[1]._ws, lambda: _close_early(parked))
+        finally:
+            released.set()
+    print(f"close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")
+    assert took < CLOSE_TIMEOUT_SECS + 1.0

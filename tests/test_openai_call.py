@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from websockets.asyncio.server import serve
 
 from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.loader import load_file
 from agent_voice_bridge.services import early
-from agent_voice_bridge.services.openai_realtime import CLOSE_TIMEOUT_SECS, OpenAIRealtime, OpenAIRealtimeParams
+from agent_voice_bridge.services.backend import CLOSE_TIMEOUT_SECS
+from agent_voice_bridge.services.openai_realtime import OpenAIRealtime, OpenAIRealtimeParams
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
-from conftest import ROOT, LiveServer, speech
+from conftest import ROOT, LiveServer, seconds_to_close_a_stuck_socket, speech
 from fakes.openai_realtime import FakeOpenAIRealtime
 
 
@@ -127,11 +127,7 @@ async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_mos
         ws = await early.claim("CA-slow-close", "openai.realtime")
         assert ws is not None
         try:
-            for _ in range(16):  # past max_queue: the backend stops reading, the rest waits in the kernel's buffers
-                await ws.send("x" * 32768)
-            began = time.monotonic()
-            await ws.close()
-            took = time.monotonic() - began
+            took = await seconds_to_close_a_stuck_socket(ws, ws.close)
         finally:
             released.set()
     print(f"close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")

@@ -98,6 +98,11 @@ def greeting_prompt(greeting: str) -> str:
     return f"(The phone call has just connected. Greet the caller now by saying: {greeting})"
 
 
+CLOSE_TIMEOUT_SECS = 2.0
+"""How long a finished call waits for the model's socket to complete its close handshake (websockets waits 10 s
+by default): the call's slot, record and log line should not wait on a slow goodbye from the backend."""
+
+
 def ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
     if not ca_file:
         return None

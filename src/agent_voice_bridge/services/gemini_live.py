@@ -27,6 +27,7 @@ from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, requi
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
+    CLOSE_TIMEOUT_SECS,
     BackendWatch,
     RealtimeParams,
     greeting_prompt,
@@ -133,7 +134,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
                 parked = None
             if parked is None:
                 async with connect(model=model, config=config) as session:
-                    yield session
+                    yield _bounded_close(session)
                 return
             manager, session, _ = parked
             try:
@@ -163,7 +164,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             try:
                 manager = self._client.aio.live.__class__.connect(self._client.aio.live,
                                                                   model=self._settings.model, config=config)
-                session = await manager.__aenter__()
+                session = _bounded_close(await manager.__aenter__())
                 self._early_result.set_result((manager, session, config))
             except Exception as exc:
                 self._early_result.set_exception(exc)
@@ -178,6 +179,14 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             return
         if not self._disconnecting and self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             await self.backend_lost("session closed and could not be resumed")
+
+
+def _bounded_close(session: Any) -> Any:
+    """The session, its socket's close handshake bounded (google-genai keeps websockets' 10 s default)."""
+    socket = getattr(session, "_ws", None)
+    if socket is not None and hasattr(socket, "close_timeout"):
+        socket.close_timeout = CLOSE_TIMEOUT_SECS
+    return session
 
 
 async def _close_early(parked: tuple[Any, Any, Any]) -> None:

@@ -34,6 +34,7 @@ from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
+    CLOSE_TIMEOUT_SECS,
     BackendWatch,
     RealtimeParams,
     greeting_prompt,
@@ -52,9 +53,6 @@ RECOVERABLE_ERRORS = {
 }
 """Error codes that concern one request, not the session: logged, and the call goes on."""
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
-CLOSE_TIMEOUT_SECS = 2.0
-"""How long a finished call waits for the model's socket to complete its close handshake (websockets waits 10 s
-by default): the call's slot, record and log line should not wait on a slow goodbye from the backend."""
 
 
 class OpenAIRealtimeParams(RealtimeParams):
