@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from google.genai.types import LiveConnectConfig
 from websockets.asyncio.server import serve
 
+from agent_voice_bridge.pipelines.stage import StageContext
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import CLOSE_TIMEOUT_SECS
 from agent_voice_bridge.services.gemini_live import GeminiLive, GeminiLiveParams, _close_early
@@ -138,9 +140,11 @@ async def test_the_live_session_opens_before_the_stream_starts() -> None:
     assert result.events_of("audio_start")[0].t < 1.0
 
 
-async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_most_the_close_timeout():
+@pytest.mark.parametrize("connection", ["early", "own"])
+async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_most_the_close_timeout(connection: str):
     """As for OpenAI: google-genai opens the Live socket with websockets' default 10 s close timeout, and a
-    backend that has stopped reading never reads the close frame."""
+    backend that has stopped reading never reads the close frame. Both ways a call gets its session: the
+    one opened early from /incoming, and the stage's own (pipecat's connect, nothing parked)."""
     released = asyncio.Event()
     tls = loopback_tls()
 
@@ -153,12 +157,20 @@ async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_mos
         port = server.sockets[0].getsockname()[1]
         params = GeminiLiveParams(api_key="test-key", base_url=f"https://127.0.0.1:{port}", api_version="v1beta",
                                   ca_file=tls.ca_path)
-        GeminiLive.connect_early(params, CallInfo(call_sid="CA-slow-close", stream_sid="MZ-slow-close"))
-        parked = await early.claim("CA-slow-close", "gemini.live")
-        assert parked is not None
+        call = CallInfo(call_sid=f"CA-slow-close-{connection}", stream_sid="MZ-slow-close")
         try:
-            took = await seconds_to_close_a_stuck_socket(parked[1]._ws, lambda: _close_early(parked))
+            if connection == "early":
+                GeminiLive.connect_early(params, call)
+                parked = await early.claim(call.call_sid, "gemini.live")
+                assert parked is not None
+                took = await seconds_to_close_a_stuck_socket(parked[1]._ws, lambda: _close_early(parked))
+            else:
+                service = GeminiLive.create(params, StageContext(audio_in=None, side="caller", call=call))
+                opened = service._client.aio.live.connect(model=service._settings.model, config=LiveConnectConfig())
+                session = await opened.__aenter__()
+                took = await seconds_to_close_a_stuck_socket(session._ws,
+                                                             lambda: opened.__aexit__(None, None, None))
         finally:
             released.set()
-    print(f"close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")
+    print(f"{connection} session: close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")
     assert took < CLOSE_TIMEOUT_SECS + 1.0
