@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import types
 import typing
+from collections.abc import KeysView
 from functools import cache
 from typing import Any
 
@@ -49,9 +50,9 @@ def _keywords(cls: type) -> dict[str, Any]:
     return names
 
 
-def init_keywords(cls: type) -> set[str]:
-    """Keyword arguments a class accepts, following ``**kwargs`` up the MRO."""
-    return set(_keywords(cls))
+def init_keywords(cls: type) -> KeysView[str]:
+    """Keyword arguments a class accepts, following ``**kwargs`` up the MRO (a view of the cached answer)."""
+    return _keywords(cls).keys()
 
 
 def _structured(annotation: Any) -> type | None:
