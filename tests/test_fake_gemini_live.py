@@ -536,3 +536,58 @@ async def test_pipecat_resumes_with_the_handle_after_go_away() -> None:
         assert second.conversation_id == first.conversation_id and second.replies[0].turn == 2
         # A resumed session takes audio at once (no re-seeded history, no second greeting).
         assert second.client_contents == [] and second.audio_rates == {RATE}
+
+
+# --------------------------------------------------------------------------- goAway mid-reply, withdrawn calls, many parts
+
+
+def assert_valid_server_messages(sent: list[dict[str, Any]]) -> None:
+    """Every message the fake sent parses as google-genai's own ``LiveServerMessage`` (unknown fields fail)."""
+    for message in sent:
+        types.LiveServerMessage.model_validate(message)
+
+
+async def test_go_away_mid_reply_keeps_streaming_until_the_cut() -> None:
+    async with FakeGeminiLive(go_away_at_reply_ms=400, go_away_time_left=2.0) as fake:
+        async with sdk_client(fake).aio.live.connect(model=MODEL, config=live_config()) as session:
+            async with Receiver(session) as rx:
+                await session.send_client_content(turn_complete=True)
+                await rx.wait_for(lambda: rx.error is not None)
+        s = fake.sessions[0]
+        go_away = next(i for i, m in enumerate(rx.messages) if m.go_away)
+        assert rx.messages[go_away].go_away.time_left == "2s"
+        assert 0 < len(rx.audio(0, go_away)) < len(fake.reply_pcm), "announced in the middle of the reply"
+        assert len(rx.audio()) == len(fake.reply_pcm) and rx.turns_complete() == 1, "which still played out"
+        await fake.wait_for(lambda: s.closed)
+        assert rx.error.code == 1011 and s.closed_code == 1011
+        assert s.go_away_at is not None
+        assert_valid_server_messages(s.sent)
+
+
+async def test_the_model_withdraws_its_tool_call() -> None:
+    lookup = types.FunctionDeclaration(name="lookup", description="Look something up.")
+    async with FakeGeminiLive(tool_call={"name": "lookup"}, tool_cancel_after_ms=200) as fake:
+        config = live_config(tools=[types.Tool(function_declarations=[lookup])])
+        async with sdk_client(fake).aio.live.connect(model=MODEL, config=config) as session:
+            async with Receiver(session) as rx:
+                await session.send_client_content(turn_complete=True)
+                await rx.wait_for(lambda: rx.turns_complete() >= 1)
+        s = fake.sessions[0]
+        cancelled = next(m.tool_call_cancellation for m in rx.messages if m.tool_call_cancellation)
+        assert cancelled.ids == ["fc1"] and s.cancelled_call_ids == ["fc1"]
+        assert rx.audio() == b"" and s.replies[0].tool_cancelled
+        assert_valid_server_messages(s.sent)
+
+
+async def test_a_model_turn_can_carry_several_parts() -> None:
+    async with FakeGeminiLive(parts_per_message=3, text_parts=("Hello", " there")) as fake:
+        async with sdk_client(fake).aio.live.connect(model=MODEL, config=live_config()) as session:
+            async with Receiver(session) as rx:
+                await session.send_client_content(turn_complete=True)
+                await rx.wait_for(lambda: rx.turns_complete() >= 1)
+        turns = [m.server_content.model_turn for m in rx.messages if m.server_content and m.server_content.model_turn]
+        assert [p.text for p in turns[0].parts[:2]] == ["Hello", " there"]
+        assert all(len([p for p in t.parts if p.inline_data]) == 3 for t in turns)
+        audio = b"".join(p.inline_data.data for t in turns for p in t.parts if p.inline_data)
+        assert audio == fake.reply_pcm
+        assert_valid_server_messages(fake.sessions[0].sent)

@@ -50,6 +50,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import conformance
 from .tls import loopback_tls
 
 OUTPUT_RATE = 24000
@@ -153,6 +154,14 @@ def tone(seconds: float = 1.5, freq: float = 440.0, dbfs: float = -12.0, rate: i
         x[:fade] *= ramp
         x[-fade:] *= ramp[::-1]
     return (x * 32767).astype("<i2").tobytes()
+
+
+def _audio_parts(chunk: bytes, count: int) -> list[dict[str, Any]]:
+    """One chunk of reply audio as ``count`` consecutive ``inlineData`` parts (whole samples each)."""
+    samples = len(chunk) // 2
+    bounds = [round(samples * i / max(1, count)) * 2 for i in range(max(1, count) + 1)]
+    return [{"inlineData": {"mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk[a:b]).decode("ascii")}}
+            for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _duration_string(seconds: float) -> str:
@@ -259,6 +268,18 @@ class GeminiScript:
     """``goAway.timeLeft`` in seconds, and how long until the connection is actually closed."""
     go_away_close: tuple[int, str] = (1011, DEADLINE_REASON)
     """Close code and reason used when the goAway deadline passes (the session-limit close)."""
+    go_away_at_reply_ms: float | None = None
+    """Send goAway in the middle of reply number ``go_away_turn``, once this many ms of its audio are out;
+    the reply goes on streaming until the connection is cut ``go_away_time_left`` later."""
+    go_away_turn: int = 1
+    """Which conversation turn (1-based) ``go_away_at_reply_ms`` applies to."""
+    tool_cancel_after_ms: float | None = None
+    """With ``tool_call``: the model withdraws its call this long after making it (``toolCallCancellation``),
+    whatever the client answered meanwhile, and ends the turn without speaking."""
+    parts_per_message: int = 1
+    """Reply audio of one chunk is split over this many ``inlineData`` parts of one ``modelTurn`` message."""
+    text_parts: tuple[str, ...] = ()
+    """``text`` parts put ahead of the audio parts in each reply's first ``modelTurn`` message."""
     fail: FailMode | None = None
     """``"refuse"``: close 1008 before setupComplete; ``"drop_after_setup"``: close 1011 as
     soon as the first reply's first audio chunk is out."""
@@ -322,6 +343,10 @@ class SessionRecord:
     sent: list[dict[str, Any]] = field(default_factory=list)
     """Every server message sent, in order."""
     go_away_sent: bool = False
+    go_away_at: float | None = None
+    """``time.monotonic()`` when goAway went out."""
+    cancelled_call_ids: list[str] = field(default_factory=list)
+    """Tool call ids this session withdrew with ``toolCallCancellation``."""
     quirks: set[str] = field(default_factory=set)
     """Legal-but-unusual encodings seen: ``snake_case`` keys, ``urlsafe_base64`` bytes."""
     protocol_errors: list[str] = field(default_factory=list)
@@ -582,8 +607,10 @@ class _Connection:
 
     async def send(self, message: dict[str, Any]) -> None:
         """One JSON object per BINARY frame, as Google's server sends them."""
+        payload = json.dumps(message, separators=(",", ":"))
+        conformance.record("gemini", "server", payload)
         async with self.send_lock:
-            await self.ws.send(json.dumps(message, separators=(",", ":")).encode())
+            await self.ws.send(payload.encode())
         self.session.sent.append(message)
         self.fake._touch()
 
@@ -595,6 +622,7 @@ class _Connection:
 
     async def recv_message(self) -> dict[str, Any]:
         raw = await self.ws.recv()
+        conformance.record("gemini", "client", raw)
         self.session.raw_frames.append(raw)
         try:
             decoded = json.loads(raw)
@@ -861,12 +889,16 @@ class _Connection:
                 # While a call is open the session cannot be resumed: proto3 JSON of
                 # {resumable: false, newHandle: ""} is an empty object.
                 await self.send({"sessionResumptionUpdate": {}})
+            if script.tool_cancel_after_ms is not None:
+                await self._withdraw_tool_call(reply, call_id)
+                return
             waiter = asyncio.ensure_future(self.interrupt.wait())
             done, _ = await asyncio.wait({self.tool_response, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             self.pending_call_id = None
             if self.tool_response not in done:
                 reply.tool_cancelled = True
+                self.session.cancelled_call_ids.append(call_id)
                 await self.send({"toolCallCancellation": {"ids": [call_id]}})
                 await self._finish(reply, interrupted=True)
                 return
@@ -881,10 +913,12 @@ class _Connection:
         start = time.monotonic()
         for offset in range(0, len(pcm), step):
             chunk = pcm[offset:offset + step]
-            await self.send({"serverContent": {"modelTurn": {"parts": [
-                {"inlineData": {"mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk).decode("ascii")}}
-            ]}}})
+            texts = [{"text": text} for text in script.text_parts] if offset == 0 else []
+            await self.send({"serverContent": {"modelTurn": {"parts": texts + _audio_parts(chunk, script.parts_per_message)}}})
             reply.audio_ms_sent += len(chunk) / 2 / OUTPUT_RATE * 1000
+            if (script.go_away_at_reply_ms is not None and reply.turn == script.go_away_turn
+                    and reply.audio_ms_sent >= script.go_away_at_reply_ms and not self.session.go_away_sent):
+                await self._go_away()
             if script.fail == "drop_after_setup" and not fake._dropped_once:
                 fake._dropped_once = True
                 await self.close(1011, INTERNAL_ERROR_REASON)
@@ -926,11 +960,26 @@ class _Connection:
             await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
         limit = self.script.go_away_after_turns
         if limit is not None and self.turns_here >= limit and not self.session.go_away_sent:
-            self.session.go_away_sent = True
-            await self.send({"goAway": {"timeLeft": _duration_string(self.script.go_away_time_left)}})
-            task = asyncio.ensure_future(self._close_after_go_away())
-            self.background.add(task)
+            await self._go_away()
         self.fake._touch()
+
+    async def _go_away(self) -> None:
+        """Announce the session's end, then cut it when ``timeLeft`` has passed (whatever is under way)."""
+        self.session.go_away_sent = True
+        self.session.go_away_at = time.monotonic()
+        await self.send({"goAway": {"timeLeft": _duration_string(self.script.go_away_time_left)}})
+        task = asyncio.ensure_future(self._close_after_go_away())
+        self.background.add(task)
+
+    async def _withdraw_tool_call(self, reply: ReplyRecord, call_id: str) -> None:
+        """The model takes its call back (``toolCallCancellation``) and ends the turn without speaking."""
+        assert self.script.tool_cancel_after_ms is not None
+        interrupted = await self._wait_or_interrupt(self.script.tool_cancel_after_ms / 1000)
+        self.pending_call_id = None
+        reply.tool_cancelled = True
+        self.session.cancelled_call_ids.append(call_id)
+        await self.send({"toolCallCancellation": {"ids": [call_id]}})
+        await self._finish(reply, interrupted=interrupted)
 
     async def _close_after_go_away(self) -> None:
         await asyncio.sleep(self.script.go_away_time_left)
