@@ -29,7 +29,7 @@ CALLER_SAID = "Hello world, I need to change my booking."
 
 def openai_yaml(fake: FakeOpenAIRealtime, storage_url: str, *, memory: bool = False, greeting: bool = True,
                 api_key: str | None = None) -> str:
-    lines = ([f"server: {{api_key: {api_key}}}"] if api_key else []) + [
+    lines = ([f"server: {{api_key: {api_key}}}", "security: {mode: development}"] if api_key else []) + [
         f"storage: {{url: '{storage_url}'}}", "pipeline:", "  - twilio.input", "  - openai.realtime:",
         "      api_key: test-key", f"      base_url: {fake.url}", "      audio_format: pcmu",
         "      instructions: 'You answer the phone.'"]

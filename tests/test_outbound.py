@@ -196,7 +196,7 @@ async def test_gemini_also_waits_for_the_hello_then_greets_a_silent_callee() -> 
 async def test_the_api_says_what_the_configuration_lacks() -> None:
     from conftest import ECHO_YAML
 
-    with LiveServer(ECHO_YAML.replace("server:\n", f"server:\n  api_key: {API_KEY}\n", 1)) as server:
+    with LiveServer(ECHO_YAML.replace("server:\n", f"security: {{mode: development}}\nserver:\n  api_key: {API_KEY}\n", 1)) as server:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
             answer = await http.post("/calls", json={"to": CALLEE}, headers={"X-API-Key": API_KEY})
     assert answer.status_code == 503

@@ -83,8 +83,8 @@ def test_chain_errors_say_what_is_wrong(edit: tuple[str, str], expected: str) ->
 
 
 def test_env_expansion_with_defaults_and_types() -> None:
-    loaded = load_text("server: {port: ${PORT:-9001}, public_url: '${URL}'}\n" + ECHO_CHAIN, "t.yaml",
-                       {"URL": "https://voice.example.com/"})
+    loaded = load_text("server: {port: ${PORT:-9001}, public_url: '${URL}'}\ntwilio: {auth_token: '${TOKEN}'}\n"
+                       + ECHO_CHAIN, "t.yaml", {"URL": "https://voice.example.com/", "TOKEN": "t0k"})
     assert loaded.config.server.port == 9001
     assert loaded.config.server.public_url == "https://voice.example.com"
 

@@ -101,7 +101,7 @@ def test_enabled_on_a_twilio_server_it_needs_the_key_and_its_token_passes_the_ga
 
 
 def test_a_configured_key_is_required_even_without_twilio() -> None:
-    yaml_text = ECHO_YAML.replace("server:\n", "server:\n  api_key: k3y\n", 1)
+    yaml_text = ECHO_YAML.replace("server:\n", "security: {mode: development}\nserver:\n  api_key: k3y\n", 1)
     with LiveServer(yaml_text, "pipelines/echo.yaml") as server:
         base = f"http://127.0.0.1:{server.port}"
         assert httpx.get(f"{base}/phone/token").status_code == 401

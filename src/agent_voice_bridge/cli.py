@@ -103,12 +103,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"Try it: .venv/bin/voice-bridge call {ws}://{local}:{port}/media-stream "
               f"--wav tests/fixtures/speech/hello-world.wav --out heard.wav, or open {http}://{local}:{port}/phone ***",
               file=sys.stderr)
-    security = loaded.config.security
-    checks = security.check_signatures if security.check_signatures is not None else bool(
-        loaded.config.twilio.auth_token)
-    if not checks:
-        print("*** Twilio signature and stream-token checks are OFF (no twilio.auth_token): anyone who finds "
-              "this server can place calls. Fine for local development only. ***", file=sys.stderr)
+    from agent_voice_bridge.security.mode import DEVELOPMENT_WARNING, checks_on
+
+    if not checks_on(loaded.config):
+        print(f"*** {DEVELOPMENT_WARNING} ***", file=sys.stderr)
     drain = loaded.config.server.drain_seconds
     workers = args.workers or usable_cores()
     if workers > 1:

@@ -22,6 +22,7 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
+from agent_voice_bridge.security.mode import DEVELOPMENT_WARNING
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.services import message_transcriber
 from agent_voice_bridge.storage import CallStore
@@ -60,6 +61,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if gate.mode == "development":
+            logger.warning(DEVELOPMENT_WARNING)
         if storage is not None:
             await storage.migrate()
             logger.info(f"call records: {storage.url_for_display}")
@@ -90,7 +93,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     async def healthz() -> dict:
         return {"status": "draining" if app.state.draining else "ok", "live_calls": len(calls.live),
                 "finished_calls": calls.finished, "refused_streams": calls.refused, "pid": os.getpid(),
-                "pipeline": chain.source}
+                "pipeline": chain.source, "security": gate.mode,
+                **({"warning": DEVELOPMENT_WARNING} if gate.mode == "development" else {})}
 
     @app.post("/incoming")
     async def incoming(request: Request) -> Response:

@@ -69,6 +69,13 @@ class SecurityConfig(_Section):
     rate_limit: RateLimit | None = Field(default=None, description="Calls per caller per sliding window.")
     max_concurrent_calls: int | None = Field(default=None, gt=0, description="Live calls across all workers.")
     max_call_seconds: float = Field(default=3600.0, gt=0, description="A call is ended politely after this long.")
+    mode: Literal["auto", "production", "development"] = Field(
+        default="auto",
+        description="'production': Twilio signatures and stream tokens are checked (twilio.auth_token required). "
+        "'development': checks off, said loudly at start and in /healthz; refused with an https:// public_url. "
+        "'auto': production when twilio.auth_token is set; development otherwise, unless the file looks like "
+        "production (https:// public_url, server.api_key), which is then an error.",
+    )
     check_signatures: bool | None = Field(
         default=None,
         description="Twilio webhook signatures and per-call stream tokens; default: on when twilio.auth_token is set.",

@@ -17,24 +17,29 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 @dataclass(frozen=True)
 class MissingVariable:
-    """A ``${VAR}`` with no default whose variable is not set."""
+    """A ``${VAR}`` with no default whose variable is not set, or set to ``""``.
+
+    An empty value counts as missing: ``TWILIO_AUTH_TOKEN=`` in an env file is a
+    mistake, never a way to turn checks off (``${VAR:-}`` says "may be empty").
+    """
 
     name: str
     line: int
     path: tuple[str | int, ...]
+    empty: bool = False
 
 
-def expand(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
-    """Return ``text`` with variables substituted, and the names that were missing."""
+def expand(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[tuple[str, bool]]]:
+    """Return ``text`` with variables substituted, and the (name, set-but-empty) of those missing."""
     env = os.environ if env is None else env
-    missing: list[str] = []
+    missing: list[tuple[str, bool]] = []
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = env.get(name)
-        if value is None or (value == "" and default is not None):
+        if not value:
             if default is None:
-                missing.append(name)
+                missing.append((name, value == ""))
                 return ""
             return default
         return value

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agent_voice_bridge.pipelines import env as envvars
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.pipelines.errors import ConfigError, where
+from agent_voice_bridge.security.mode import mode_problems
 
 DEFAULT_CHAIN = [
     "twilio.input",
@@ -87,7 +88,8 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
                                               and m.path[1] in SEED_STAGES and m.path[1] != provider)]
     if missing:
         raise ConfigError([
-            f"{where(path, m.line)}: environment variable {m.name} is not set (used at {_dotted(m.path)}); "
+            f"{where(path, m.line)}: environment variable {m.name} is {'empty' if m.empty else 'not set'} "
+            f"(used at {_dotted(m.path)}); "
             f"set it or write ${{{m.name}:-default}}"
             for m in missing
         ])
@@ -97,6 +99,10 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
     except ValidationError as exc:
         raise ConfigError([_validation_line(path, root, err) for err in exc.errors()]) from None
 
+    problems = mode_problems(config)
+    if problems:
+        raise ConfigError([f"{where(path, _line_of(root, p.location))}: {_dotted(p.location)}: {p.message}"
+                           for p in problems])
     if config.ai is not None and not config.pipeline:
         config, stage_lines = _expand_seed(config, root)
     return LoadedConfig(config=config, path=path, stage_lines=stage_lines)
@@ -108,7 +114,7 @@ def _expand_node(node: yaml.Node, path: tuple[str | int, ...], loader: yaml.Safe
     if isinstance(node, yaml.ScalarNode):
         if envvars.is_shielded(node.value):
             value, names = envvars.expand(envvars.unshield(node.value, originals), env)
-            missing += [envvars.MissingVariable(n, node.start_mark.line + 1, path) for n in names]
+            missing += [envvars.MissingVariable(n, node.start_mark.line + 1, path, empty) for n, empty in names]
             node.value = value
             if node.style is None:  # plain scalar: let `${PORT:-8082}` become an int like `8082` would
                 node.tag = loader.resolve(yaml.ScalarNode, value, (True, False)) if value else _STR_TAG

@@ -17,6 +17,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
+from agent_voice_bridge.security.mode import checks_on, security_mode
 from agent_voice_bridge.security.signatures import SignatureChecker
 from agent_voice_bridge.security.stream_tokens import PARAMETER, StreamTokens
 from agent_voice_bridge.transports.twilio_protocol import Start
@@ -58,7 +59,8 @@ def normalise_number(number: str) -> str:
 class CallGate:
     def __init__(self, config: BridgeConfig, store: LimitStore | None = None):
         security, token = config.security, config.twilio.auth_token
-        self.enforce = security.check_signatures if security.check_signatures is not None else bool(token)
+        self.enforce = checks_on(config)
+        self.mode = security_mode(config)
         self.check_ws = self.enforce and security.check_ws_signature
         self._signatures = SignatureChecker(token) if token else None
         self._tokens = StreamTokens(token, security.stream_token_seconds) if token else None
