@@ -82,11 +82,11 @@ async def test_gemini_go_away_resumes_the_session_and_the_conversation() -> None
     assert not result.events_of("closed")[-1].detail.endswith("by server")
 
 
-async def test_openai_session_limit_ends_the_call_politely() -> None:
-    from agent_voice_bridge.services import openai_realtime
-
-    async with FakeOpenAIRealtime() as fake:
-        yaml_text = openai_chain(fake, session_limit_secs=str(openai_realtime.SESSION_LIMIT_MARGIN_SECS + 2))
+async def test_openai_session_end_comes_from_expires_at_with_the_margin() -> None:
+    # The session says it lasts 60 s; the margin is 57.5 s, so the goodbye is due ~2–3 s in (expires_at is whole
+    # seconds). The bridge's old fixed 30-minute belief would never end this call.
+    async with FakeOpenAIRealtime(session_seconds=60) as fake:
+        yaml_text = openai_chain(fake, session_end_margin_secs="57.5")
         with LiveServer(yaml_text) as server:
             result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=8.0, timeout=20)])
     print(result.timeline())
@@ -96,7 +96,7 @@ async def test_openai_session_limit_ends_the_call_politely() -> None:
     corr = np.correlate(heard, probe, mode="valid")
     at = int(np.argmax(corr))
     assert np.allclose(heard[at : at + len(probe)], probe, atol=1), "the time-limit goodbye was played"
-    assert 1.5 <= at / 8000 <= 4.0, "about two seconds in (limit minus the margin)"
+    assert 1.0 <= at / 8000 <= 4.5, "about two seconds in (expires_at minus the margin)"
     assert result.events_of("closed")[-1].detail.endswith("by server")
 
 

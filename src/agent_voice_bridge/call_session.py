@@ -200,6 +200,7 @@ async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
             if chain.fallback is not None:
                 move_to_fallback(live, chain.fallback, reason)
             else:
+                live.reason = live.reason or reason  # the provider's own words, for the call record
                 asyncio.ensure_future(live.end("apology", reason, "backend_failure"))
 
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)

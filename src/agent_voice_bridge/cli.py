@@ -52,10 +52,13 @@ def load_chain(path: str | None) -> tuple[LoadedConfig, Chain] | None:
 
     try:
         loaded = load_config(path)
-        return loaded, build_chain(loaded)
+        chain = build_chain(loaded)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None
+    for warning in chain.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded, chain
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -506,6 +506,8 @@ class FakeRealtimeSession:
     * ``audio_in`` – appended audio decoded to int16 PCM at the input rate
       (24 kHz for ``audio/pcm``, 8 kHz for ``audio/pcmu``/``pcma``); ``audio_in_raw`` –
       the bytes exactly as they came off the wire (base64-decoded).
+    * ``append_formats`` – for each ``input_audio_buffer.append``, the input format type the
+      session had when it read it (what the server took those bytes to be).
     * ``truncations`` (accepted), ``truncate_errors``, ``cancels``, ``function_outputs``,
       ``responses_created``, ``errors`` (every ``error`` event sent),
       ``audio_sent_ms`` (assistant audio sent, per item id), ``close_sent`` (code, reason)
@@ -521,6 +523,8 @@ class FakeRealtimeSession:
         self.model = model
         self.conversation_id = _new_id("conv_")
         self.config: dict[str, Any] = _default_session(self.id, model or "")
+        self.config["expires_at"] = int(time.time() + server.session_seconds)
+        self.append_formats: list[str] = []
         self.session_updates: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.server_events: list[dict[str, Any]] = []
@@ -645,6 +649,8 @@ class FakeRealtimeSession:
         try:
             if not await self._admit():
                 return
+            if self._server.created_delay:
+                await asyncio.sleep(self._server.created_delay)
             await self._send("session.created", session=self.config)
             async for raw in self._ws:
                 await self._on_message(raw)
@@ -761,6 +767,7 @@ class FakeRealtimeSession:
             raise _ClientError("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
                                "audio") from None
         self.audio_in_raw += wire
+        self.append_formats.append(self.input_format["type"])
         pcm = self._decode_input(wire)
         self.audio_in += pcm
         rate = self.input_rate
@@ -1243,6 +1250,11 @@ class FakeOpenAIRealtime:
     * ``clamp_overlong_truncate`` – answer a past-the-end truncate with the error AND then
       truncate to the real end (one client trace reports this); default: error only.
     * ``send_rate_limits`` – send ``rate_limits.updated`` after each ``response.done``.
+    * ``created_delay`` – seconds between the upgrade and ``session.created`` (the real server
+      takes a moment; whatever the client appends meanwhile is read in the format the session
+      has when the fake gets to it: the default ``audio/pcm`` 24 kHz until a ``session.update``).
+    * ``session_seconds`` – the session's length: ``session.created`` carries
+      ``expires_at`` = now + this (GA sessions: 60 minutes today).
     """
 
     def __init__(
@@ -1262,6 +1274,8 @@ class FakeOpenAIRealtime:
         input_transcript: str = "(fake transcript)",
         clamp_overlong_truncate: bool = False,
         send_rate_limits: bool = True,
+        created_delay: float = 0.0,
+        session_seconds: float = 3600.0,
     ) -> None:
         if fail not in (None, "refuse", "drop_mid_response"):
             raise ValueError(f"unknown fail mode {fail!r}")
@@ -1281,6 +1295,8 @@ class FakeOpenAIRealtime:
         self.input_transcript = input_transcript
         self.clamp_overlong_truncate = clamp_overlong_truncate
         self.send_rate_limits = send_rate_limits
+        self.created_delay = created_delay
+        self.session_seconds = session_seconds
         self.sessions: list[FakeRealtimeSession] = []
         self.handshakes: list[Handshake] = []
         self._server: Server | None = None

@@ -65,6 +65,12 @@ class Chain:
             text += f"\nfallback when the AI fails: {self.fallback.source}\n{self.fallback.describe()}"
         return text
 
+    def warnings(self) -> list[str]:
+        """Each stage's warnings, prefixed with file:line: stage N (name) like config errors."""
+        found = [f"{where(self.source, s.line, s.position, s.name)}: {text}" for s in self.stages
+                 if issubclass(s.cls, Stage) and isinstance(s.params, BaseModel) for text in s.cls.warnings(s.params)]
+        return found + (self.fallback.warnings() if self.fallback is not None else [])
+
     def warm_up(self) -> None:
         """Load shared resources now, not in the first call (where it would stall every live call)."""
         for stage in self.stages:

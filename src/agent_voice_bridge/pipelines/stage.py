@@ -65,6 +65,11 @@ class Stage:
         return None
 
     @classmethod
+    def warnings(cls, params: StageParams) -> list[str]:
+        """What ``check`` and ``serve`` should warn about in a valid configuration (a model near its shutdown)."""
+        return []
+
+    @classmethod
     def connect_early(cls, params: StageParams, call: CallInfo) -> None:
         """Called from ``/incoming`` (the call's facts, no stream yet): start connecting to a remote service."""
         return None

@@ -11,16 +11,23 @@ according to Twilio's mark echoes (the call's playback tracker), not to the wall
 clock since the first audio arrived, so the model's memory matches the caller's.
 With ``turn_detection: model`` the server's VAD decides, and its
 ``speech_started`` interrupts the line the same way a local VAD would.
+
+The session is the provider's to configure: caller audio waits (a second at most)
+until ``session.updated`` confirms the format, an error answering the bridge's own
+``session.update`` ends the AI leg like a lost backend (the server would otherwise
+go on with its defaults: wrong audio format, no instructions, no tools), and the
+call says goodbye ahead of the ``expires_at`` the server announces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import Any, Literal
 
 from loguru import logger
-from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, StartFrame, TTSAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
@@ -32,7 +39,7 @@ from websockets.protocol import State
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
-from agent_voice_bridge.services import early
+from agent_voice_bridge.services import early, model_deprecations
 from agent_voice_bridge.services.backend import (
     CLOSE_TIMEOUT_SECS,
     BackendWatch,
@@ -42,11 +49,16 @@ from agent_voice_bridge.services.backend import (
     register_tools,
     rendered,
 )
+from agent_voice_bridge.services.held_audio import HeldAudio
 from agent_voice_bridge.services.opening import DeferredGreeting, opening
 from agent_voice_bridge.transports.call_info import CallInfo
 
 PCM_RATE = 24000
-SESSION_LIMIT_MARGIN_SECS = 15.0
+DEFAULT_MODEL = "gpt-realtime-2.1"
+DEFAULT_TRANSCRIBE = "gpt-live-transcribe"
+UNANNOUNCED_SESSION_SECS = 3600.0
+"""A session's length when ``session.created`` carries no ``expires_at`` (GA sessions: 60 minutes today)."""
+HELD_AUDIO_SECS = 1.0
 RECOVERABLE_ERRORS = {
     "response_cancel_not_active", "conversation_already_has_active_response", "input_audio_buffer_commit_empty",
     "item_truncate_invalid_item_id", "invalid_value",
@@ -56,17 +68,20 @@ DEFAULT_URL = "wss://api.openai.com/v1/realtime"
 
 
 class OpenAIRealtimeParams(RealtimeParams):
-    model: str | None = Field(default="gpt-realtime", description="Realtime model.")
+    model: str | None = Field(default=DEFAULT_MODEL, description="Realtime model.")
     voice: str | None = Field(default="marin", description="Voice (marin, cedar, alloy, …); fixed once it spoke.")
     audio_format: Literal["pcm", "pcmu"] = Field(
         default="pcm", description="'pcmu' takes and gives Twilio's 8 kHz μ-law directly.")
     transcribe: str | None = Field(
-        default="gpt-4o-mini-transcribe", description="Model that transcribes the caller for the call's "
+        default=DEFAULT_TRANSCRIBE, description="Model that transcribes the caller for the call's "
         "transcript (billed separately by OpenAI); empty: no caller transcript.")
     silence_ms: int = Field(default=500, ge=100, le=5000, description="Server VAD: silence that ends a turn.")
-    session_limit_secs: float = Field(
-        default=1800, gt=0, description="OpenAI closes a session after 30 minutes: the call is ended politely "
-        "(a spoken goodbye) 15 s before, instead of cut off.")
+    session_end_margin_secs: float = Field(
+        default=15.0, ge=0, description="OpenAI closes a session at the expires_at its session.created "
+        "announces: the call is ended politely (a spoken goodbye) this long before, instead of cut off.")
+    session_limit_secs: float | None = Field(
+        default=None, gt=0, description="End the call politely after this long even if the session allows more "
+        "(the margin still applies). Unset: the session's own expires_at.")
 
 
 class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
@@ -77,7 +92,8 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
 
     def __init__(self, *, call: CallInfo | None = None, audio_format: str = "pcm", greeting: str | None = None,
                  deferred: DeferredGreeting | None = None,
-                 model_turns: bool = True, session_limit_secs: float = 1800, **kwargs: Any):
+                 model_turns: bool = True, session_limit_secs: float | None = None,
+                 session_end_margin_secs: float = 15.0, **kwargs: Any):
         super().__init__(**kwargs)
         self._call = call
         self._mulaw = audio_format == "pcmu"
@@ -88,7 +104,11 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         self._interrupted_items: set[str] = set()
         self._recoverable_error = False
         self._session_limit_secs = session_limit_secs
+        self._session_end_margin_secs = session_end_margin_secs
         self._session_timer: asyncio.TimerHandle | None = None
+        self._started_at = time.time()
+        self._session_update_ids: set[str] = set()
+        self._held: HeldAudio[bytes | InputAudioRawFrame] = HeldAudio(HELD_AUDIO_SECS)
 
     @classmethod
     def audio_out(cls, params: OpenAIRealtimeParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat:
@@ -113,9 +133,20 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
         service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
                       call=ctx.call, audio_format=params.audio_format, greeting=greeting, deferred=deferred,
-                      model_turns=params.turn_detection == "model", session_limit_secs=params.session_limit_secs)
+                      model_turns=params.turn_detection == "model", session_limit_secs=params.session_limit_secs,
+                      session_end_margin_secs=params.session_end_margin_secs)
         register_tools(service, params, ctx.call)
         return service
+
+    @classmethod
+    def warnings(cls, params: OpenAIRealtimeParams) -> list[str]:
+        found = []
+        for key, model, deprecated in (("model", params.model, model_deprecations.realtime_models()),
+                                       ("transcribe", params.transcribe, model_deprecations.transcription_models())):
+            if model in deprecated:
+                found.append(f"{key}: {model!r} is deprecated by OpenAI and shuts down on {deprecated[model]} "
+                             f"(the installed openai SDK says so); a current one: {cls.Params.model_fields[key].default!r}")
+        return found
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if self._mulaw and isinstance(frame, InputMulawAudioFrame):
@@ -123,7 +154,9 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
-            self._schedule_polite_end()
+            self._started_at = time.time()
+            if self._session_limit_secs is not None:
+                self._schedule_polite_end(self._started_at + self._session_limit_secs)
             if self._deferred is not None:
                 self._deferred.start(self)  # the conversation opens when the callee speaks or the wait ends
             elif self._greeting:
@@ -141,13 +174,41 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         if not self._context:
             self._context = LLMContext()
 
-    def _schedule_polite_end(self) -> None:
+    def _schedule_polite_end(self, ends_at: float) -> None:
+        """Say goodbye the margin before ``ends_at`` (epoch seconds), or before an earlier end already planned."""
         call = self._call
         if call is None or call.end is None:
             return
-        delay = max(self._session_limit_secs - SESSION_LIMIT_MARGIN_SECS, 0.0)
-        self._session_timer = asyncio.get_running_loop().call_later(
+        delay = max(ends_at - time.time() - self._session_end_margin_secs, 0.0)
+        loop = asyncio.get_running_loop()
+        if self._session_timer is not None:
+            if self._session_timer.when() <= loop.time() + delay:
+                return
+            self._session_timer.cancel()
+        self._session_timer = loop.call_later(
             delay, lambda: asyncio.ensure_future(call.end("goodbye_time_limit", "OpenAI session limit")))
+
+    async def _handle_evt_session_created(self, evt):
+        expires_at = evt.session.expires_at
+        if expires_at is None:
+            logger.warning(f"{self}: session.created announced no expires_at; assuming "
+                           f"{UNANNOUNCED_SESSION_SECS:.0f} s")
+            expires_at = time.time() + UNANNOUNCED_SESSION_SECS
+        self._schedule_polite_end(float(expires_at))
+        await super()._handle_evt_session_created(evt)
+
+    async def _handle_evt_session_updated(self, evt):
+        # Audio held while the session still had its default format goes first, in order; pipecat's
+        # handler then marks the session ready (no await before it), so nothing overtakes the held audio.
+        while self._held:
+            for item in self._held.take():
+                await self._append(item)
+        await super()._handle_evt_session_updated(evt)
+
+    async def send_client_event(self, event: events.ClientEvent):
+        if isinstance(event, events.SessionUpdateEvent):
+            self._session_update_ids.add(event.event_id)  # its error, if any, names this id
+        await super().send_client_event(event)
 
     async def cleanup(self):
         if self._session_timer is not None:
@@ -162,7 +223,22 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
     async def _send_mulaw(self, audio: bytes) -> None:
         if self._audio_input_paused:
             return
+        if not self._api_session_ready:
+            self._held.hold(audio, len(audio) / 8000)
+            return
         await self.send_client_event(events.InputAudioBufferAppendEvent(audio=base64.b64encode(audio).decode()))
+
+    async def _send_user_audio(self, frame: InputAudioRawFrame):
+        if not self._api_session_ready:
+            self._held.hold(frame, len(frame.audio) / 2 / frame.sample_rate / frame.num_channels)
+            return
+        await super()._send_user_audio(frame)
+
+    async def _append(self, item: bytes | InputAudioRawFrame) -> None:
+        if isinstance(item, bytes):
+            await self.send_client_event(events.InputAudioBufferAppendEvent(audio=base64.b64encode(item).decode()))
+        else:
+            await super()._send_user_audio(item)
 
     def _calculate_audio_duration_ms(self, total_bytes: int, sample_rate: int = PCM_RATE,
                                      bytes_per_sample: int = 2) -> int:
@@ -230,6 +306,12 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             await self.backend_lost(reason)
 
     async def _handle_evt_error(self, evt):
+        if evt.error.event_id in self._session_update_ids:
+            # A rejected update changes nothing: the session would go on in its defaults (24 kHz PCM, no
+            # instructions, no tools) while the caller hears noise or nothing.
+            await self.backend_lost(f"session configuration rejected: {evt.error.type} {evt.error.code}: "
+                                    f"{evt.error.message}")
+            return
         if evt.error.code in RECOVERABLE_ERRORS:
             logger.warning(f"{self}: {evt.error.code}: {evt.error.message}")
             self._recoverable_error = True
