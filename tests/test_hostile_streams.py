@@ -302,11 +302,16 @@ KINDS: dict[str, tuple[Callable[[], tuple[list[str], list[str | bytes]]], int]] 
     "repeated-start": (lambda: ([CONNECTED, start_message()], [start_message() for _ in range(500)]), 1008),
     "media-before-start": (lambda: ([CONNECTED], [SILENCE] * 500), 1008),
     "binary": (lambda: ([CONNECTED, start_message()], ["junk"] * 30 + [b"\x00" * 500] + ["junk"] * 469), 1003),
-    # Well-formed but meaningless marks and key presses (taken, ignored), then one message over 64 KiB. It
-    # comes last: uvicorn drops the socket right after its 1009 close frame, and a peer still sending then
-    # gets a TCP reset that can swallow the close frame (seen as 1006).
-    "oversized": (lambda: ([CONNECTED, start_message()], [ODD[i % len(ODD)] for i in range(499)] + ["x" * 100_000]),
+    # Well-formed but meaningless marks and key presses, within their budgets (taken, ignored), then one message
+    # over 64 KiB. It comes last: uvicorn drops the socket right after its 1009 close frame, and a peer still
+    # sending then gets a TCP reset that can swallow the close frame (seen as 1006).
+    "oversized": (lambda: ([CONNECTED, start_message()], [ODD[i % len(ODD)] for i in range(20)] + ["x" * 100_000]),
                   1009),
+    # The same, past their budgets: more mark echoes than marks sent, key presses faster than anyone types.
+    "mark-flood": (lambda: ([CONNECTED, start_message()], [ODD[0]] * 500), 1008),
+    "dtmf-flood": (lambda: ([CONNECTED, start_message()], [ODD[3]] * 500), 1008),
+    "connected-flood": (lambda: ([], [CONNECTED] * 500), 1008),
+    "connected-after-start": (lambda: ([CONNECTED, start_message()], [CONNECTED] * 500), 1008),
 }
 
 

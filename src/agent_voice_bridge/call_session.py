@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.handover import move_to_fallback, take_over
+from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig, TwilioConfig
@@ -61,7 +62,7 @@ class LiveCall:
             return
         self.ending = True
         self.outcome = self.fell_back or outcome
-        logger.info(f"call {self.info.call_sid}: ending ({reason})")
+        logger.info(f"call {shown(self.info.call_sid)}: ending ({shown(reason, 300)})")
         self.goodbye = spoken(goodbye) if goodbye else None
         await self.worker.cancel(reason=reason)
 
@@ -104,14 +105,17 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     try:
         start = await stream.wait_for_start(START_TIMEOUT_SECS)
     except (asyncio.TimeoutError, ProtocolError, StreamClosed) as exc:
-        logger.warning(f"media stream refused before start: {exc or 'timed out'}")
+        logger.warning(f"media stream refused before start: {shown(str(exc) or 'timed out', 200)}")
         calls.refused += 1
         metrics.REFUSED.labels("bad_stream").inc()
         await stream.close(CLOSE_POLICY, "expected connected/start")
         return
-    refusal = await gate.check_stream(start)
+    try:
+        refusal = await gate.check_stream(start)
+    except Exception as exc:  # whatever a forged start holds, the answer is a counted 1008, never a traceback
+        refusal = f"stream check failed ({exc.__class__.__name__})"
     if refusal is not None:
-        logger.warning(f"media stream {start.stream_sid} refused: {refusal}")
+        logger.warning(f"media stream {shown(start.stream_sid)} refused: {refusal}")
         calls.refused += 1
         metrics.REFUSED.labels("stream_token" if "token" in refusal else "busy").inc()
         await stream.close(CLOSE_POLICY, refusal)
@@ -126,7 +130,7 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     info.hang_up = live.hang_up_after_playback
     info.end = live.end
     info.recordings = config.storage.recordings
-    with logger.contextualize(call_sid=info.call_sid):  # every log line of this call carries its SID
+    with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         if storage is not None:
             info.memory = await recall(storage, chain, info.person, info.call_sid)
             info.journal = open_journal(storage, info, chain.source)
@@ -141,7 +145,8 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
     metrics.LIVE_CALLS.inc()
-    logger.info(f"call {info.call_sid}: started, stream {info.stream_sid}, from {info.caller or 'unknown'}")
+    logger.info(f"call {shown(info.call_sid)}: started, stream {shown(info.stream_sid)}, "
+                f"from {shown(info.caller or 'unknown')}")
     limit = asyncio.get_running_loop().call_later(
         max_call_seconds,
         lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached", "time_limit")))
@@ -154,7 +159,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
             await stream.say_goodbye(live.goodbye)
     except Exception as exc:  # one call's failure must not reach the server or other calls
         live.outcome = "error"
-        logger.exception(f"call {info.call_sid}: pipeline failed: {exc}")
+        logger.exception(f"call {shown(info.call_sid)}: pipeline failed: {exc}")
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
@@ -174,8 +179,8 @@ def summary_line(live: LiveCall) -> str:
     """One line per call, for grepping and for people."""
     info, stats, playback = live.info, live.info.stats, live.info.playback
     first = f"{stats.first_reply_ms:.0f} ms" if stats.first_reply_ms is not None else "-"
-    return (f"call {info.call_sid} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
-            f"from={info.caller or '-'} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
+    return (f"call {shown(info.call_sid)} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
+            f"from={shown(info.caller or '-')} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
             f"marks={playback.marks_echoed}/{playback.marks_sent}")
 
 

@@ -118,10 +118,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
-              workers=workers, tls=tls)
+              workers=workers, tls=tls, max_connections=server.max_connections)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
-                         chain), host=host, port=port, drain_seconds=drain, tls=tls)
+                         chain), host=host, port=port, drain_seconds=drain, tls=tls,
+              max_connections=server.max_connections)
     return 0
 
 

@@ -18,6 +18,7 @@ from loguru import logger
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.call_session import CallRegistry, run_call
+from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
@@ -107,7 +108,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         refusal = await gate.admit(form)
         if refusal is not None:
             metrics.REFUSED.labels(refusal.kind).inc()
-            logger.info(f"call {call_sid or '?'}: refused ({refusal.reason})")
+            logger.info(f"call {shown(call_sid) or '?'}: refused ({refusal.reason})")
             if storage is not None and call_sid:
                 await record_refusal(storage, form, refusal.reason, chain.source)
             return Response(refusal.twiml, media_type="application/xml")
@@ -121,7 +122,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             if storage is not None:
                 early.memory = await recall(storage, chain, early.caller, call_sid)
             chain.connect_early(early)
-        logger.info(f"call {call_sid or '?'}: incoming from {form.get('From', 'unknown')}, stream {url}")
+        logger.info(f"call {shown(call_sid) or '?'}: incoming from {shown(form.get('From', 'unknown'))}, "
+                    f"stream {shown(url, 300)}")
         return Response(connect_twiml(url, parameters), media_type="application/xml")
 
     @app.websocket(STREAM_PATH)
@@ -131,7 +133,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
                              trust_proxy=server.trust_proxy, websocket=True)
             if not gate.signature_ok(url, {}, websocket.headers.get("x-twilio-signature")):
                 metrics.REFUSED.labels("signature").inc()
-                logger.warning(f"media stream handshake: bad or missing Twilio signature (URL taken as {url})")
+                logger.warning("media stream handshake: bad or missing Twilio signature "
+                               f"(URL taken as {shown(url, 300)})")
                 calls.refused += 1
                 await websocket.close(code=CLOSE_POLICY)
                 return

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from loguru import logger
 
+from agent_voice_bridge.connection_limits import BoundedCloseWebSocket, http_protocol
 from agent_voice_bridge.pipelines.config import TlsConfig
 
 LOG_LEVEL_ENV = "VOICE_BRIDGE_LOG_LEVEL"
@@ -27,11 +28,28 @@ MAX_MESSAGE_BYTES = 65536
 """Twilio's messages are a few hundred bytes; anything near this is not Twilio (closed with 1009)."""
 
 
-def uvicorn_config(app: FastAPI | str, host: str, port: int, **kwargs) -> uvicorn.Config:
-    # proxy_headers=False: uvicorn would otherwise take X-Forwarded-Proto from any local peer and change the
-    # URL a Twilio signature is checked against; only ``server.trust_proxy`` decides whether those headers count.
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio", loop="uvloop",
-                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="on", proxy_headers=False, **kwargs)
+MAX_CONNECTIONS = 1000
+"""``server.max_connections``' default: sockets of any kind (calls, webhooks, idle) before new ones get 503."""
+MAX_HEADER_BYTES = 16384
+"""A request's headers (h11's incomplete-event limit): Twilio's are well under 2 KB."""
+KEEP_ALIVE_SECONDS = 5
+
+
+def uvicorn_config(app: FastAPI | str, host: str, port: int, *, max_connections: int | None = MAX_CONNECTIONS,
+                   **kwargs) -> uvicorn.Config:
+    """The one uvicorn configuration, used by ``serve`` and by the tests' live server alike.
+
+    proxy_headers=False: uvicorn would otherwise take X-Forwarded-Proto from any local peer and change the
+    URL a Twilio signature is checked against; only ``server.trust_proxy`` decides whether those headers count.
+    No permessage-deflate: μ-law barely compresses, and inflating what any client sends costs CPU that live
+    calls need. The HTTP and WebSocket protocols add a header deadline, a connection cap that covers
+    WebSocket upgrades, and a bounded close (see :mod:`agent_voice_bridge.connection_limits`).
+    """
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", loop="uvloop",
+                          http=http_protocol(), ws=BoundedCloseWebSocket, ws_max_size=MAX_MESSAGE_BYTES,
+                          ws_per_message_deflate=False, limit_concurrency=max_connections,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          lifespan="on", proxy_headers=False, **kwargs)
 
 
 class DrainingServer(uvicorn.Server):
@@ -71,13 +89,15 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1,
-          tls: TlsConfig | None = None) -> None:
+          tls: TlsConfig | None = None, max_connections: int | None = MAX_CONNECTIONS) -> None:
     """One process, or ``workers`` processes sharing the port (``app`` must then be an import string).
 
     With ``tls`` (``server.tls``) uvicorn itself speaks https:// and wss:// with that certificate.
+    ``max_connections`` is per process (``server.max_connections``).
     """
     tls_files = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key} if tls is not None else {}
-    config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str), **tls_files)
+    config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str),
+                            max_connections=max_connections, **tls_files)
     if workers <= 1:
         DrainingServer(config, drain_seconds).run()
         return

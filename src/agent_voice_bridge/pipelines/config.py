@@ -40,6 +40,11 @@ class ServerConfig(_Section):
         description="Secret: the softphone (/phone) requires it when set, and always on a server with "
         "twilio.auth_token (X-API-Key header, Authorization: Bearer, or ?key=).",
     )
+    max_connections: int | None = Field(
+        default=1000, gt=0,
+        description="Open sockets per server process (calls, webhooks, idle keep-alives) before new ones get "
+        "503; null: no cap.",
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 
 PARAMETER = "streamToken"
+MAX_TOKEN_CHARS = 64
+"""Ours are ~43 (10 digits, a dot, 32 base64url): anything much longer is not one."""
+MAX_EXPIRY_DIGITS = 12
 
 
 class StreamTokens:
@@ -26,7 +29,7 @@ class StreamTokens:
         self._clock = clock
 
     def _mac(self, call_sid: str, expires: int) -> str:
-        digest = hmac.new(self._key, f"{call_sid}\0{expires}".encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key, f"{call_sid}\0{expires}".encode(errors="surrogatepass"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
     def issue(self, call_sid: str) -> str:
@@ -37,8 +40,12 @@ class StreamTokens:
         """None if the token is valid for ``call_sid`` now, else why not (for the log, never the token)."""
         if not token:
             return "no stream token"
+        # The token comes from whoever opened the socket: non-ASCII (compare_digest raises), Unicode digits
+        # (int() raises) or thousands of digits (int() refuses) must be a refusal, not an exception.
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            return "malformed stream token"
         expires_text, _, mac = token.partition(".")
-        if not expires_text.isdigit() or not mac:
+        if not expires_text.isdigit() or len(expires_text) > MAX_EXPIRY_DIGITS or not mac:
             return "malformed stream token"
         expires = int(expires_text)
         if not hmac.compare_digest(mac, self._mac(call_sid, expires)):

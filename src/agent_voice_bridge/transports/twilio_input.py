@@ -26,6 +26,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.processors.audio_stage import hand_on
@@ -103,7 +104,7 @@ class TwilioInput(Stage, FrameProcessor):
             elif event is None or isinstance(event, Stop):
                 break
         reason = "caller hung up" if event is not None else "stream closed"
-        logger.info(f"call {self._call.call_sid}: {reason}")
+        logger.info(f"call {shown(self._call.call_sid)}: {reason}")
         self._reader = None
         await self.push_frame(CancelWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
 
@@ -111,6 +112,6 @@ class TwilioInput(Stage, FrameProcessor):
         try:
             entry = KeypadEntry(digit)
         except ValueError:
-            logger.warning(f"call {self._call.call_sid}: ignoring unknown DTMF digit {digit!r}")
+            logger.warning(f"call {shown(self._call.call_sid)}: ignoring unknown DTMF digit {shown(repr(digit), 20)}")
             return
         await self.push_frame(InputDTMFFrame(button=entry))

@@ -107,12 +107,15 @@ class OutboundMessages:
 
     def __init__(self, stream_sid: str):
         self._sid = json.dumps(stream_sid)
+        self.marks_sent = 0
+        """Twilio echoes each mark once: the stream allows no (or hardly any) more echoes than this."""
 
     def media(self, mulaw: bytes) -> str:
         payload = base64.b64encode(mulaw).decode("ascii")
         return f'{{"event":"media","streamSid":{self._sid},"media":{{"payload":"{payload}"}}}}'
 
     def mark(self, name: str) -> str:
+        self.marks_sent += 1
         return f'{{"event":"mark","streamSid":{self._sid},"mark":{{"name":{json.dumps(name)}}}}}'
 
     def clear(self) -> str:
