@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from google.genai.types import LiveConnectConfig
+from loguru import logger
 from websockets.asyncio.server import serve
 
 from agent_voice_bridge.pipelines.stage import StageContext
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import CLOSE_TIMEOUT_SECS
 from agent_voice_bridge.services.gemini_live import GeminiLive, GeminiLiveParams, _close_early
+from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
 from conftest import ROOT, LiveServer, seconds_to_close_a_stuck_socket, speech
-from fakes.gemini_live import FakeGeminiLive, GeminiScript
+from fakes.gemini_live import DEADLINE_REASON, FakeGeminiLive, GeminiScript, tone
 from fakes.tls import loopback_tls
 
 
@@ -126,14 +129,14 @@ async def test_the_live_session_opens_before_the_stream_starts() -> None:
     async with FakeGeminiLive(script=GeminiScript()) as fake:
         yaml_text = chain_yaml(fake, turn_detection="model", vad=False, greeting="Hello early.")
         with LiveServer(yaml_text) as server:
-            form = {"CallSid": "CAearlygemini", "From": "+15550001111", "To": "+15550002222"}
+            form = {"CallSid": "CA" + "e" * 32, "From": "+15550001111", "To": "+15550002222"}
             async with httpx.AsyncClient() as http:
                 twiml = (await http.post(server.http_url, data=form)).text
             session = await fake.session(0)  # opened, with its setup, by /incoming alone
             assert "Caller +15550001111 called +15550002222" in str(session.setup.get("systemInstruction"))
             stream_url, parameters = parse_twiml(twiml)
             result = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.5)],
-                                    call_sid="CAearlygemini", custom_parameters=parameters)
+                                    call_sid="CA" + "e" * 32, custom_parameters=parameters)
         assert len(fake.sessions) == 1, "the call used the early session"
         assert session.client_contents, "and asked for its greeting over it"
         assert not session.protocol_errors
@@ -174,3 +177,83 @@ async def test_a_backend_that_stopped_reading_holds_a_call_s_teardown_for_at_mos
             released.set()
     print(f"{connection} session: close took {took:.2f} s (close timeout {CLOSE_TIMEOUT_SECS} s)")
     assert took < CLOSE_TIMEOUT_SECS + 1.0
+
+
+# --------------------------------------------------------------------------- goAway, cancelled tool calls, multi-part turns
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every log line (INFO and up) the server writes while the test runs."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+def heard_ms(heard: np.ndarray) -> float:
+    """Milliseconds of the call in which the caller heard something (10 ms windows above the noise floor)."""
+    usable = len(heard) - len(heard) % 80
+    windows = heard[:usable].astype(np.float64).reshape(-1, 80)
+    return float((np.sqrt((windows**2).mean(axis=1)) > 100).sum() * 10)
+
+
+def caller_ms_after(result, t: float) -> float:
+    """Milliseconds of audio the caller sent from monotonic time ``t`` on (its frames go out every 20 ms)."""
+    first_frame = max(0, int(np.ceil((t - result.started_at) / 0.02)))
+    return max(0.0, len(result.sent) / 8 - first_frame * 20)
+
+
+async def go_away_call(fake: FakeGeminiLive):
+    """A call in which the first reply is under way when the model announces the end of its session."""
+    with LiveServer(chain_yaml(fake, turn_detection="model", vad=False)) as server:
+        steps = [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=1.5), Say(speech("hello-world")),
+                 WaitQuiet(idle=1.5)]
+        result = await run_call(server.ws_url, steps)
+        await asyncio.to_thread(server.wait_idle, 1)  # the record is written as the call ends
+        record = await asyncio.to_thread(server.db, CallStore.get_call, result.call_sid)
+    print(result.timeline())
+    return result, record
+
+
+async def test_go_away_mid_reply_switches_sessions_at_the_turn_end_without_loss(log_lines: list[str]) -> None:
+    script = GeminiScript(go_away_at_reply_ms=300, go_away_time_left=6.0)
+    async with FakeGeminiLive(script=script) as fake:
+        result, record = await go_away_call(fake)
+        assert len(fake.sessions) == 2, fake.summary()
+        first, second = fake.sessions
+        await fake.wait_for(lambda: first.closed, 5, "the first session closed")
+    # The second session resumed the first with the newest handle (the one issued when the reply in
+    # flight ended), and was opened while the first was still up: the server never had to cut it.
+    assert second.resumption_handle == first.issued_handles[-1]
+    assert first.closed_reason != DEADLINE_REASON, "the bridge left the old session before its cut"
+    assert first.replies[0].completed and not first.replies[0].interrupted
+    # The caller heard both replies whole: every ms of reply audio the fake sent, with no gap.
+    sent_ms = sum(r.audio_ms_sent for s in fake.sessions for r in s.replies)
+    assert sent_ms >= 2 * 1500 - 1
+    assert heard_ms(result.heard) >= sent_ms - 60, (heard_ms(result.heard), sent_ms)
+    assert len(result.reply_latencies()) == 2
+    # Caller audio around the switch reached a session: what the old one got after its goAway plus
+    # all the new one got is what the caller sent from then on (less what was still in flight at hang-up).
+    received = first.audio_ms() - first.audio_ms_at_go_away + second.audio_ms()
+    sent = caller_ms_after(result, first.go_away_at)
+    print(f"caller audio after goAway: sent {sent:.0f} ms, received {received:.0f} ms")
+    assert sent - 100 <= received <= sent + 100, (sent, received)
+    # And the switch is counted, in the record and the summary line.
+    assert record.session_switches == 1
+    assert any("ended:" in line and "session_switches=1" in line for line in log_lines)
+    assert not first.protocol_errors and not second.protocol_errors
+
+
+async def test_go_away_with_little_time_left_switches_at_once(log_lines: list[str]) -> None:
+    script = GeminiScript(go_away_at_reply_ms=200, go_away_time_left=1.0, reply_audio=tone(4.0), pace=1.0)
+    async with FakeGeminiLive(script=script) as fake:
+        result, record = await go_away_call(fake)
+        first, second = fake.sessions[:2]
+        await fake.wait_for(lambda: first.closed, 5, "the first session closed")
+    assert second.resumption_handle is None or second.resumption_handle in first.issued_handles
+    assert second.resumed == bool(first.issued_handles)
+    assert first.closed_reason != DEADLINE_REASON, "switched before the cut, not after it"
+    assert not first.replies[0].completed, "without waiting for the 4 s reply to end"
+    assert record.session_switches == 1
+    assert len(result.reply_latencies()) == 2, "the call went on: the caller's next turn was answered"

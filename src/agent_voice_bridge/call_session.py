@@ -55,6 +55,7 @@ class LiveCall:
     fell_back: str | None = None
     """Once the call moved to a fallback (``voicemail``): the outcome, however the call then ends."""
     _hang_up_task: asyncio.Task | None = None
+    _hanging_up: bool = False
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
@@ -71,6 +72,16 @@ class LiveCall:
         if self._hang_up_task is None:
             self._hang_up_task = asyncio.ensure_future(self._hang_up(reason))
 
+    async def retract_hang_up(self) -> bool:
+        """The model took its end_call back: cancel the pending hang-up unless the call is already ending."""
+        task = self._hang_up_task
+        if task is None or task.done() or self.ending or self._hanging_up:
+            return False
+        task.cancel()
+        self._hang_up_task = None
+        logger.info(f"call {self.info.call_sid}: hang-up retracted")
+        return True
+
     async def _hang_up(self, reason: str) -> None:
         loop, playback = asyncio.get_running_loop(), self.info.playback
         deadline, quiet_since = loop.time() + HANG_UP_MAX_WAIT_SECS, None
@@ -82,6 +93,7 @@ class LiveCall:
             elif loop.time() - quiet_since >= HANG_UP_QUIET_SECS:
                 break
             await asyncio.sleep(0.05)
+        self._hanging_up = True  # from here on the hang-up cannot be taken back
         if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
             await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)
         await self.end(None, reason, "ai_ended")
@@ -128,6 +140,7 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     live = LiveCall(info, config.twilio)
     info.hang_up = live.hang_up_after_playback
+    info.retract_hang_up = live.retract_hang_up
     info.end = live.end
     info.recordings = config.storage.recordings
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
@@ -181,7 +194,7 @@ def summary_line(live: LiveCall) -> str:
     first = f"{stats.first_reply_ms:.0f} ms" if stats.first_reply_ms is not None else "-"
     return (f"call {shown(info.call_sid)} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
             f"from={shown(info.caller or '-')} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
-            f"marks={playback.marks_echoed}/{playback.marks_sent}")
+            f"session_switches={stats.session_switches} marks={playback.marks_echoed}/{playback.marks_sent}")
 
 
 async def _run_pipeline(chain: Chain, live: LiveCall) -> None:

@@ -269,8 +269,8 @@ class GeminiScript:
     go_away_close: tuple[int, str] = (1011, DEADLINE_REASON)
     """Close code and reason used when the goAway deadline passes (the session-limit close)."""
     go_away_at_reply_ms: float | None = None
-    """Send goAway in the middle of reply number ``go_away_turn``, once this many ms of its audio are out;
-    the reply goes on streaming until the connection is cut ``go_away_time_left`` later."""
+    """Send goAway (once per fake) in the middle of reply number ``go_away_turn``, once this many ms of its
+    audio are out; the reply goes on streaming until the connection is cut ``go_away_time_left`` later."""
     go_away_turn: int = 1
     """Which conversation turn (1-based) ``go_away_at_reply_ms`` applies to."""
     tool_cancel_after_ms: float | None = None
@@ -345,6 +345,8 @@ class SessionRecord:
     go_away_sent: bool = False
     go_away_at: float | None = None
     """``time.monotonic()`` when goAway went out."""
+    audio_ms_at_go_away: float | None = None
+    """Milliseconds of client audio received before goAway went out."""
     cancelled_call_ids: list[str] = field(default_factory=list)
     """Tool call ids this session withdrew with ``toolCallCancellation``."""
     quirks: set[str] = field(default_factory=set)
@@ -442,6 +444,7 @@ class FakeGeminiLive:
         self._port = 0
         self._tls = loopback_tls()
         self._dropped_once = False
+        self._went_away_mid_reply = False
         self._tool_calls = 0
 
     # ------------------------------------------------------------------ public surface
@@ -917,7 +920,8 @@ class _Connection:
             await self.send({"serverContent": {"modelTurn": {"parts": texts + _audio_parts(chunk, script.parts_per_message)}}})
             reply.audio_ms_sent += len(chunk) / 2 / OUTPUT_RATE * 1000
             if (script.go_away_at_reply_ms is not None and reply.turn == script.go_away_turn
-                    and reply.audio_ms_sent >= script.go_away_at_reply_ms and not self.session.go_away_sent):
+                    and reply.audio_ms_sent >= script.go_away_at_reply_ms and not fake._went_away_mid_reply):
+                fake._went_away_mid_reply = True
                 await self._go_away()
             if script.fail == "drop_after_setup" and not fake._dropped_once:
                 fake._dropped_once = True
@@ -967,6 +971,7 @@ class _Connection:
         """Announce the session's end, then cut it when ``timeLeft`` has passed (whatever is under way)."""
         self.session.go_away_sent = True
         self.session.go_away_at = time.monotonic()
+        self.session.audio_ms_at_go_away = self.session.audio_ms()
         await self.send({"goAway": {"timeLeft": _duration_string(self.script.go_away_time_left)}})
         task = asyncio.ensure_future(self._close_after_go_away())
         self.background.add(task)

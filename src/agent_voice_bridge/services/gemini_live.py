@@ -36,6 +36,9 @@ from agent_voice_bridge.services.backend import (
     rendered,
     ssl_context,
 )
+from agent_voice_bridge.services.gemini_session_switch import SessionSwitch
+from agent_voice_bridge.services.gemini_tool_cancellation import ToolCallCancellation
+from agent_voice_bridge.services.gemini_turns import EveryModelTurnPart
 from agent_voice_bridge.services.opening import DeferredGreeting, opening
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -49,18 +52,24 @@ class GeminiLiveParams(RealtimeParams):
     api_version: str | None = Field(default=None, description="API version in the endpoint path (v1beta, v1alpha).")
 
 
-class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
-    """pipecat's ``GeminiLiveLLMService`` configured from YAML for one call."""
+class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, EveryModelTurnPart, GeminiLiveLLMService):
+    """pipecat's ``GeminiLiveLLMService`` configured from YAML for one call.
+
+    The mixins add what pipecat's service lacks: a switch to a fresh session on ``goAway``
+    (gemini_session_switch), the model's ``toolCallCancellation`` (gemini_tool_cancellation), and
+    every part of a multi-part ``modelTurn`` (gemini_turns).
+    """
 
     Params = GeminiLiveParams
     role = "responder"
 
-    def __init__(self, *, greeting: str | None = None, deferred: DeferredGreeting | None = None, call_sid: str = "",
-                 **kwargs: Any):
+    def __init__(self, *, greeting: str | None = None, deferred: DeferredGreeting | None = None,
+                 call: CallInfo | None = None, **kwargs: Any):
         super().__init__(inference_on_context_initialization=bool(greeting), **kwargs)
         self._greeting = greeting
         self._deferred = deferred
-        self._call_sid = call_sid
+        self._call = call
+        self._call_sid = call.call_sid if call is not None else ""
         self._opening_early = False
 
     @classmethod
@@ -89,7 +98,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             http["async_client_args"] = {"ssl": context}
         greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
         service = cls(
-            call_sid=ctx.call.call_sid if ctx.call is not None else "",
+            call=ctx.call,
             api_key=params.api_key,
             system_instruction=instructions_for(params, ctx),
             settings=settings,
@@ -126,6 +135,14 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
 
         @contextlib.asynccontextmanager
         async def connect_or_claim(*, model: str, config: Any):
+            next_session = service.claim_next_session()  # opened for a goAway switch, with this very setup
+            if next_session is not None:
+                manager, session = next_session
+                try:
+                    yield _bounded_close(session)
+                finally:
+                    await manager.__aexit__(None, None, None)
+                return
             parked = await early.claim(service._call_sid, EARLY_KEY) if service._call_sid else None
             if parked is not None and not _same_setup(parked[2], config):
                 # The call's facts changed since /incoming (a <Parameter> only the stream carries):
@@ -169,6 +186,7 @@ class GeminiLive(Stage, BackendWatch, GeminiLiveLLMService):
             except Exception as exc:
                 self._early_result.set_exception(exc)
             return
+        self.remember_config(config)
         # pipecat retries a dropped session with its resumption handle; what reaches here is a session
         # that could not be opened at all, or one it gave up on.
         try:

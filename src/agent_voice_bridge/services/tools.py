@@ -127,10 +127,13 @@ def handler_for(tool: Tool, slow_after: float = SLOW_TOOL_SECS) -> Callable[[Fun
     """
     async def handle(params: FunctionCallParams) -> None:
         running = asyncio.ensure_future(_run(tool, params.arguments))
-        done, _ = await asyncio.wait({running}, timeout=slow_after)
-        if not done:
-            logger.info(f"tool {tool.name} still running after {slow_after:g} s: telling the model")
-            await params.result_callback(STILL_RUNNING, properties=FunctionCallResultProperties(is_final=False))
-        await params.result_callback(await running)
+        try:
+            done, _ = await asyncio.wait({running}, timeout=slow_after)
+            if not done:
+                logger.info(f"tool {tool.name} still running after {slow_after:g} s: telling the model")
+                await params.result_callback(STILL_RUNNING, properties=FunctionCallResultProperties(is_final=False))
+            await params.result_callback(await running)
+        finally:
+            running.cancel()  # the call was cancelled (the model took it back, the call ended): stop the tool too
 
     return handle

@@ -31,6 +31,7 @@ class CallRecord:
     barge_ins: int = 0
     replies: int = 0
     first_reply_ms: float | None = None
+    session_switches: int = 0  # times the model's session was replaced mid-call (a Gemini goAway)
     usage: dict[str, int] = field(default_factory=dict)  # model token usage, summed
     parameters: dict[str, str] = field(default_factory=dict)  # TwiML <Parameter>s
     recording_path: str | None = None

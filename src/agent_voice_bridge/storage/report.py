@@ -60,7 +60,8 @@ def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Messag
         + (f"ended after {record.duration_s:.1f} s" if record.duration_s is not None else "not ended"),
         f"outcome    {record.outcome or '(live, or the server stopped mid-call)'}"
         + (f" ({record.reason})" if record.reason else "") + f", status {record.status}",
-        f"replies    {record.replies}, first reply {first}, barge-ins {record.barge_ins}",
+        f"replies    {record.replies}, first reply {first}, barge-ins {record.barge_ins}"
+        + (f", session switches {record.session_switches}" if record.session_switches else ""),
         f"usage      {usage}",
     ]
     if record.recording_path:

@@ -79,6 +79,7 @@ calls = Table(
     Column("barge_ins", Integer, nullable=False),
     Column("replies", Integer, nullable=False),
     Column("first_reply_ms", Float),
+    Column("session_switches", Integer, nullable=False, server_default="0"),
     Column("usage", JSONDict, nullable=False),
     Column("parameters", JSONDict, nullable=False),
     Column("recording_path", Text),

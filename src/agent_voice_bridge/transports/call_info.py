@@ -24,6 +24,8 @@ class CallStats:
     barge_ins: int = 0
     first_reply_ms: float | None = None
     replies: int = 0
+    session_switches: int = 0
+    """Times the model's session was replaced mid-call (a Gemini goAway), the caller none the wiser."""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class CallInfo:
     stats: CallStats = field(default_factory=CallStats)
     hang_up: Callable[[str], Awaitable[None]] | None = None
     """End the call once what the caller is hearing has played (set by the call session)."""
+    retract_hang_up: Callable[[], Awaitable[bool]] | None = None
+    """Take back a ``hang_up`` that has not happened yet (the model cancelled its end_call); True if it was."""
     end: Callable[[str | None, str], Awaitable[None]] | None = None
     """End the call now, playing one of the committed goodbyes (name, reason) first."""
     journal: CallJournal | None = None
