@@ -22,9 +22,11 @@ from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard
 from conftest import ROOT, LiveServer, seconds_to_close_a_stuck_socket, speech
 from fakes.gemini_live import DEADLINE_REASON, FakeGeminiLive, GeminiScript, tone
 from fakes.tls import loopback_tls
+from stages import tools as user_tools
 
 
-def chain_yaml(fake: FakeGeminiLive, *, turn_detection: str, vad: bool = True, greeting: str | None = None) -> str:
+def chain_yaml(fake: FakeGeminiLive, *, turn_detection: str, vad: bool = True, greeting: str | None = None,
+               tools: str | None = None) -> str:
     lines = [
         "pipeline:",
         "  - twilio.input",
@@ -45,6 +47,8 @@ def chain_yaml(fake: FakeGeminiLive, *, turn_detection: str, vad: bool = True, g
     ]
     if greeting:
         lines.append(f"      greeting: '{greeting}'")
+    if tools:
+        lines.append(f"      tools: {tools}")
     lines += ["  - resample: {rate: 8000}", "  - mulaw.encode", "  - twilio.output"]
     return "\n".join(lines) + "\n"
 
@@ -257,3 +261,58 @@ async def test_go_away_with_little_time_left_switches_at_once(log_lines: list[st
     assert not first.replies[0].completed, "without waiting for the 4 s reply to end"
     assert record.session_switches == 1
     assert len(result.reply_latencies()) == 2, "the call went on: the caller's next turn was answered"
+
+
+def heard_after(result, t: float) -> bool:
+    """Whether reply audio started playing to the caller after caller-clock time ``t``."""
+    return any(e.t > t for e in result.events_of("audio_start"))
+
+
+async def test_a_tool_call_the_model_cancels_gets_no_result() -> None:
+    user_tools.CALLS.clear()
+    script = GeminiScript(tool_call={"name": "slow_lookup", "args": {"order_id": "A1"}}, tool_cancel_after_ms=300)
+    async with FakeGeminiLive(script=script) as fake:
+        yaml_text = chain_yaml(fake, turn_detection="model", vad=False, tools="['stages.tools:slow_lookup']")
+        with LiveServer(yaml_text) as server:
+            # The tool would answer 2.5 s after it was called (and say "still running" after 1 s): wait past that.
+            steps = [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=4.0), Say(speech("hello-world")),
+                     WaitQuiet(idle=1.0)]
+            result = await run_call(server.ws_url, steps)
+        session = fake.sessions[0]
+    print(result.timeline())
+    assert user_tools.CALLS == [("slow_lookup", {"order_id": "A1"})], "the tool was running when it was cancelled"
+    assert session.cancelled_call_ids == ["fc1"]
+    answered = [r.get("id") for body in session.tool_responses for r in body.get("functionResponses") or []]
+    assert "fc1" not in answered, session.tool_responses
+    assert heard_after(result, result.utterances[1][0]), "the call went on: the next turn was answered"
+    assert not session.protocol_errors
+
+
+async def test_an_end_call_the_model_cancels_does_not_hang_up() -> None:
+    script = GeminiScript(tool_call={"name": "end_call", "args": {"reason": "caller is done"}}, tool_cancel_after_ms=150)
+    async with FakeGeminiLive(script=script) as fake:
+        with LiveServer(chain_yaml(fake, turn_detection="model", vad=False)) as server:
+            # Uncancelled, the line would close 0.8 s after end_call (nothing is playing): well inside these waits.
+            steps = [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=2.5), Say(speech("hello-world")),
+                     WaitQuiet(idle=1.0)]
+            result = await run_call(server.ws_url, steps)
+        session = fake.sessions[0]
+    print(result.timeline())
+    assert session.replies[0].tool_call["name"] == "end_call" and session.cancelled_call_ids == ["fc1"]
+    assert not result.events_of("closed")[-1].detail.endswith("by server"), "the bridge did not hang up"
+    assert heard_after(result, result.utterances[1][0]), "the caller talked on and was answered"
+    assert not session.protocol_errors
+
+
+async def test_every_part_of_a_multi_part_model_turn_reaches_the_caller() -> None:
+    script = GeminiScript(parts_per_message=3)
+    async with FakeGeminiLive(script=script) as fake:
+        with LiveServer(chain_yaml(fake, turn_detection="model", vad=False)) as server:
+            result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=1.5)])
+        session = fake.sessions[0]
+    print(result.timeline())
+    sent_8k_samples = sum(r.audio_ms_sent for r in session.replies) * 8  # μ-law bytes at 8 kHz
+    assert sent_8k_samples == len(fake.reply_pcm) // 2 // 3
+    print(f"reply: sent {sent_8k_samples:.0f} samples (8 kHz), heard {result.media_bytes_received} bytes")
+    assert result.media_bytes_received >= sent_8k_samples - 160, "all three parts of every message were played"
+    assert heard_ms(result.heard) >= sum(r.audio_ms_sent for r in session.replies) - 60
