@@ -171,10 +171,10 @@ async def test_calls_api_is_closed_without_a_configured_key(echo_server: LiveSer
 async def test_refused_call_is_recorded(tmp_path: Path) -> None:
     yaml_text = ECHO_YAML + f"storage: {{url: '{sqlite_url(tmp_path)}'}}\nsecurity: {{blocklist: ['{CALLER}']}}\n"
     with LiveServer(yaml_text) as server:
-        form = {"CallSid": "CArefused0001", "From": CALLER, "To": LINE}
+        form = {"CallSid": "CA" + "f" * 32, "From": CALLER, "To": LINE}
         async with httpx.AsyncClient() as http:
             answer = await http.post(server.http_url, data=form)
-        record = server.db(CallStore.get_call, "CArefused0001")
+        record = server.db(CallStore.get_call, "CA" + "f" * 32)
     assert "<Reject" in answer.text or "<Hangup" in answer.text
     assert record.outcome == "rejected" and record.caller == CALLER and record.reason
 

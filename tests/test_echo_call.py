@@ -95,7 +95,7 @@ async def _raw_stream(url: str, frames: int, *, stop: bool) -> None:
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": "MZraw", "start": {
-            "accountSid": "ACx", "streamSid": "MZraw", "callSid": "CAraw", "tracks": ["inbound"],
+            "accountSid": "ACx", "streamSid": "MZraw", "callSid": "CA" + "a" * 32, "tracks": ["inbound"],
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             "customParameters": {}}}))
         payload = "/" * 216  # b64 of 0xFF bytes: μ-law silence
@@ -105,7 +105,7 @@ async def _raw_stream(url: str, frames: int, *, stop: bool) -> None:
                                                 "timestamp": str(i * 20), "payload": payload}}))
         if stop:
             await ws.send(json.dumps({"event": "stop", "sequenceNumber": str(frames + 2), "streamSid": "MZraw",
-                                      "stop": {"accountSid": "ACx", "callSid": "CAraw"}}))
+                                      "stop": {"accountSid": "ACx", "callSid": "CA" + "a" * 32}}))
             await ws.recv()  # the server closes after stop
         else:
             ws.transport.abort() if hasattr(ws, "transport") else None
@@ -129,7 +129,7 @@ async def test_malformed_messages_are_skipped_and_the_call_goes_on(echo_server: 
     async with websockets.connect(echo_server.ws_url) as ws:
         await ws.send(json.dumps({"event": "connected"}))
         await ws.send(json.dumps({"event": "start", "streamSid": "MZbad", "start": {
-            "streamSid": "MZbad", "callSid": "CAbad", "customParameters": {}}}))
+            "streamSid": "MZbad", "callSid": "CA" + "b" * 32, "customParameters": {}}}))
         for junk in ["not json", "[]", json.dumps({"event": "media", "media": {"payload": "***"}}),
                      json.dumps({"event": "nonsense"})]:
             await ws.send(junk)

@@ -98,14 +98,14 @@ async def test_the_model_connection_opens_before_the_stream_starts() -> None:
 
     async with FakeOpenAIRealtime() as fake:
         with LiveServer(passthrough_chain(fake, greeting="'Hello.'")) as server:
-            form = {"CallSid": "CAearly0001", "From": "+15550001111", "To": "+15550002222"}
+            form = {"CallSid": "CA" + "e1" * 16, "From": "+15550001111", "To": "+15550002222"}
             async with httpx.AsyncClient() as http:
                 twiml = (await http.post(server.http_url, data=form)).text
             # /incoming alone opened the model's connection: no media stream exists yet.
             await fake.wait_for_session(0)
             stream_url, parameters = parse_twiml(twiml)
             result = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.5)],
-                                    call_sid="CAearly0001", custom_parameters=parameters)
+                                    call_sid="CA" + "e1" * 16, custom_parameters=parameters)
         assert len(fake.handshakes) == 1, "the call used the early connection"
         assert fake.sessions[0].events, "and spoke over it"
     assert result.events_of("audio_start")[0].t < 1.0, "the greeting came without a connection wait"

@@ -49,6 +49,7 @@ from agent_voice_bridge.audio import mulaw, prompts
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.services import message_transcriber
+from agent_voice_bridge.sids import file_stem
 from agent_voice_bridge.storage.records import Message
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -260,11 +261,14 @@ class Voicemail(Stage, FrameProcessor):
         self._state = "recording"
         self._started_at = datetime.now(UTC)
         self._silent_secs = 0.0
-        call_sid = self._call.call_sid if self._call is not None else "call"
+        call_sid = self._call.call_sid if self._call is not None else ""
         directory = Path(self._call.recordings if self._call is not None else "recordings")
-        path = directory / f"{call_sid}-message.wav"
         try:
+            path = directory / f"{file_stem(call_sid)}-message.wav"
             self._file = MessageFile(path)
+        except ValueError as exc:
+            logger.error(f"{self}: the message is not kept: {exc}")
+            return
         except OSError as exc:
             logger.error(f"{self}: cannot write the message to {path} ({exc}); it is not kept")
             return

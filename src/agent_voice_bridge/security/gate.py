@@ -20,6 +20,7 @@ from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
 from agent_voice_bridge.security.mode import checks_on, security_mode
 from agent_voice_bridge.security.signatures import SignatureChecker
 from agent_voice_bridge.security.stream_tokens import PARAMETER, StreamTokens
+from agent_voice_bridge.sids import is_call_sid
 from agent_voice_bridge.transports.twilio_protocol import Start
 
 BUSY_MESSAGE = "Sorry, this line is busy right now. Please try again later. Goodbye."
@@ -100,6 +101,8 @@ class CallGate:
 
     async def check_stream(self, start: Start) -> str | None:
         """A reason to close the stream with 1008, or None to let the call in."""
+        if not is_call_sid(start.call_sid or start.custom_parameters.get("callSid")):
+            return "callSid is missing or not a Twilio call SID"
         if self.enforce:
             assert self._tokens is not None
             token = start.custom_parameters.get(PARAMETER)

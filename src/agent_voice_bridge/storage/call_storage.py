@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.sids import file_stem
 from agent_voice_bridge.storage.journal import CallJournal
 from agent_voice_bridge.storage.memory import memory_text
 from agent_voice_bridge.storage.records import CallRecord
@@ -57,9 +58,12 @@ def open_journal(storage: CallStore, info: CallInfo, pipeline: str) -> CallJourn
 
 
 def open_recorder(directory: str, info: CallInfo) -> CallRecorder | None:
-    path = Path(directory) / f"{info.call_sid or info.stream_sid}.wav"
     try:
+        path = Path(directory) / f"{file_stem(info.call_sid)}.wav"
         recorder = CallRecorder(path)
+    except ValueError as exc:
+        logger.error(f"call: not recorded: {exc}")
+        return None
     except OSError as exc:
         logger.error(f"call {info.call_sid}: cannot record to {path} ({exc}); the call goes on unrecorded")
         return None

@@ -10,12 +10,14 @@ from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.config import ServerConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.sids import is_call_sid
 
 STREAM_PATH = "/media-stream"
 
 
 class SignedWebhooks:
-    """Reads a webhook's form after checking Twilio signed exactly this URL and these fields (403 if not)."""
+    """Reads a webhook's form after checking Twilio signed exactly this URL and these fields (403 if not)
+    and that it names a well-formed call (400 if not)."""
 
     def __init__(self, gate: CallGate, server: ServerConfig):
         self._gate = gate
@@ -30,6 +32,9 @@ class SignedWebhooks:
             logger.warning(f"webhook {request.url.path}: bad or missing Twilio signature "
                            f"(call {form.get('CallSid', '?')}, signed URL taken as {url})")
             raise HTTPException(status_code=403, detail="invalid Twilio signature")
+        if not is_call_sid(form.get("CallSid")):  # it names the call's records and files from here on
+            logger.warning(f"webhook {request.url.path}: CallSid missing or not a Twilio call SID; refused (400)")
+            raise HTTPException(status_code=400, detail="CallSid is missing or not a Twilio call SID (CA + 32 hex)")
         return form
 
     def stream_url(self, request: Request) -> str:
