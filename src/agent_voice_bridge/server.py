@@ -31,6 +31,7 @@ from agent_voice_bridge.storage.call_storage import recall, record_refusal
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
+from agent_voice_bridge.web.body_limit import BodyLimit
 from agent_voice_bridge.web.calls_api import calls_router
 from agent_voice_bridge.web.outbound import outbound_router
 from agent_voice_bridge.web.webhooks import STREAM_PATH, SignedWebhooks, connect_twiml
@@ -74,6 +75,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             await storage.close()
 
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # every route, before any parsing
     chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))

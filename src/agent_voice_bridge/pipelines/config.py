@@ -28,6 +28,11 @@ class ServerConfig(_Section):
         description="Rebuild the signed URL from X-Forwarded-Proto/-Host (only behind a proxy you run).",
     )
     drain_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long live calls may go on.")
+    max_body_bytes: int = Field(
+        default=65536, gt=0,
+        description="Largest HTTP request body; bigger ones get 413 before they are read (Twilio's webhooks are "
+        "a few KiB).",
+    )
     tls: TlsConfig | None = Field(
         default=None, description="Serve TLS directly (https://, wss://) with this certificate, without a proxy."
     )
