@@ -141,6 +141,23 @@ async def test_second_call_remembers_the_first_and_forget_removes_it(tmp_path: P
     assert [r.caller for r in left] == [CALLER, "+15550009999"], "only the call after forget is left of CALLER's"
 
 
+async def test_memory_is_never_given_to_a_caller_id_that_is_not_a_phone_number(tmp_path: Path) -> None:
+    """Caller ID is the far end's claim: a SIP or client identity, or a withheld number (Twilio's ANONYMOUS), names
+    nobody whose earlier calls could be theirs, however often it calls."""
+    async with FakeOpenAIRealtime(input_transcript=CALLER_SAID, reply_seconds=1.0) as fake:
+        yaml_text = openai_yaml(fake, sqlite_url(tmp_path), memory=True, greeting=False)
+        steps = [Pause(0.3), Say(speech("hello-world")), WaitHeard(), WaitQuiet(idle=0.8)]
+        callers = ["client:alice", "client:alice", "+266696687", "+266696687"]
+        with LiveServer(yaml_text) as server:
+            for n, caller in enumerate(callers, 1):
+                await run_call(server.http_url, steps, from_number=caller, to_number=LINE)
+                server.wait_idle(finished=n)
+            stored = [r.caller for r in server.db(CallStore.recent_calls, 10)]
+        instructions = [s.config["instructions"] for s in fake.sessions]
+    assert sorted(stored) == sorted(callers), "the calls were stored, transcripts and all"
+    assert instructions == ["You answer the phone."] * 4, instructions
+
+
 async def test_calls_api_needs_the_key(tmp_path: Path) -> None:
     async with FakeOpenAIRealtime(input_transcript=CALLER_SAID, reply_seconds=1.0) as fake:
         with LiveServer(openai_yaml(fake, sqlite_url(tmp_path), api_key="s3cret-key")) as server:

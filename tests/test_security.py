@@ -366,22 +366,36 @@ async def test_checks_can_be_turned_off_explicitly_even_with_a_token() -> None:
 
 
 async def test_allowlist_and_blocklist_use_normalised_numbers() -> None:
-    security = {"allowlist": ["+1 (555) 010-0001", "+15550100003"], "blocklist": ["1-555-010-0003"]}
+    security = {"allowlist": ["+1 (555) 010-0001", "+15550100003"], "blocklist": ["+1-555-010-0003"]}
     with LiveServer(bridge_yaml(token=TOKEN, public_url=PUBLIC, security=security)) as server:
         async def verdict(number: str) -> list[str]:
             form = call_form(from_number=number)
             return verbs(await post(server.http_url, form, sign(PUBLIC + "/incoming", form)))
 
-        assert await verdict("15550100001") == ["Connect"]          # allowlisted, written differently
+        assert await verdict("+1 (555) 010-0001") == ["Connect"]    # allowlisted, written differently
         assert await verdict("+1 555 010 0001") == ["Connect"]
         assert await verdict("+15550100002") == ["Reject"]          # not on the allowlist
         assert await verdict("+15550100003") == ["Reject"]          # allowlisted but also blocked
         assert await verdict("") == ["Reject"]                      # anonymous caller
+        assert await verdict("+266696687") == ["Reject"]            # Twilio's ANONYMOUS
+        # Identities that merely contain an allowlisted number's digits are not that number.
+        assert await verdict("client:mallory15550100001") == ["Reject"]
+        assert await verdict("sip:+15550100001@attacker.example") == ["Reject"]
+        assert await verdict("15550100001") == ["Reject"]           # Twilio writes PSTN callers in E.164
+
+
+def test_allowlist_entries_must_be_phone_numbers() -> None:
+    from agent_voice_bridge.pipelines.errors import ConfigError
+    from agent_voice_bridge.pipelines.loader import load_text
+
+    with pytest.raises(ConfigError) as raised:
+        load_text(bridge_yaml(security={"allowlist": ["+15550100001", "1-555-010-0003", "sip:bob@x"]}), "lines.yaml")
+    assert "not E.164 phone numbers: '1-555-010-0003', 'sip:bob@x'" in str(raised.value)
 
 
 async def test_blocklist_alone_rejects_only_the_blocked_number() -> None:
     with LiveServer(bridge_yaml(security={"blocklist": ["+1 (555) 010-0001"]})) as server:
-        assert verbs(await post(server.http_url, call_form(from_number="15550100001"))) == ["Reject"]
+        assert verbs(await post(server.http_url, call_form(from_number="+1 555 010 0001"))) == ["Reject"]
         assert verbs(await post(server.http_url, call_form(from_number="+15550100002"))) == ["Connect"]
 
 
@@ -392,7 +406,9 @@ async def test_rate_limit_refuses_the_sixth_call_from_one_number_only() -> None:
         assert answers[5] == ["Say", "Hangup"]
         assert verbs(await post(server.http_url, call_form(from_number="+15550100002"))) == ["Connect"]
         # Formatting the number differently does not dodge the limit.
-        assert verbs(await post(server.http_url, call_form(from_number="1 (555) 010-0001"))) == ["Say", "Hangup"]
+        assert verbs(await post(server.http_url, call_form(from_number="+1 (555) 010-0001"))) == ["Say", "Hangup"]
+        # A SIP identity carrying the same digits is its own caller, limited on its own.
+        assert verbs(await post(server.http_url, call_form(from_number="sip:15550100001@x.example"))) == ["Connect"]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

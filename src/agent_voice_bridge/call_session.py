@@ -28,7 +28,7 @@ from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.call_storage import close_records, open_journal, open_recorder, recall
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import complete_call
+from agent_voice_bridge.transports.twilio_rest import complete_call, send_text
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
@@ -142,6 +142,9 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
     info.hang_up = live.hang_up_after_playback
     info.retract_hang_up = live.retract_hang_up
     info.end = live.end
+    twilio = config.twilio
+    if twilio.account_sid and twilio.auth_token and twilio.phone_number:
+        info.send_text = lambda body: asyncio.to_thread(send_text, twilio, info.person, body)
     info.recordings = config.storage.recordings
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         if storage is not None:

@@ -1,4 +1,4 @@
-"""A fake of Twilio's Voice REST API (``/2010-04-01/…/Calls``) and of Twilio's side of a placed call.
+"""A fake of Twilio's REST API (``/2010-04-01/…/Calls`` and ``…/Messages``) and of Twilio's side of a placed call.
 
 The ``twilio`` package's client talks to it when ``twilio.api_base_url`` points here.
 Wire facts followed (twilio-python 9, API 2010-04-01): requests are form-encoded with
@@ -49,6 +49,7 @@ class FakeTwilioRest:
         self.account_sid, self.auth_token = account_sid, auth_token
         self.calls: list[PlacedCall] = []
         self.updates: list[dict[str, str]] = []
+        self.messages: list[dict[str, str]] = []
         self._validator = RequestValidator(auth_token)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -92,6 +93,24 @@ class FakeTwilioRest:
             form = {k: str(v) for k, v in (await request.form()).items()}
             self.updates.append({"call": call_sid, **form})
             return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
+
+        @app.post(API + "/Messages.json")
+        async def message(account: str, request: Request):
+            if not self._authorised(request, account):
+                return _error(401, 20003, "Authenticate")
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            if not form.get("To"):
+                return _error(400, 21604, "A 'To' phone number is required.")
+            if not form.get("From") and not form.get("MessagingServiceSid"):
+                return _error(400, 21603, "A 'From' phone number is required.")
+            if not form.get("Body") and not form.get("MediaUrl"):
+                return _error(400, 21602, "Message body is required.")
+            self.messages.append(form)
+            sid = "SM" + uuid.uuid4().hex
+            return JSONResponse({"sid": sid, "account_sid": account, "to": form["To"], "from": form.get("From"),
+                                 "body": form["Body"], "status": "queued", "direction": "outbound-api",
+                                 "api_version": "2010-04-01", "num_segments": "1",
+                                 "uri": f"{API.format(account=account)}/Messages/{sid}.json"}, status_code=201)
 
         return app
 

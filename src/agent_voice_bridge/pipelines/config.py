@@ -100,6 +100,16 @@ class SecurityConfig(_Section):
         "'redis://host:port/db' (many hosts).",
     )
 
+    @field_validator("allowlist", "blocklist")
+    @classmethod
+    def _phone_numbers(cls, numbers: list[str]) -> list[str]:
+        from agent_voice_bridge.phone_numbers import e164
+
+        wrong = [n for n in numbers if e164(str(n)) is None]
+        if wrong:
+            raise ValueError(f"not E.164 phone numbers: {', '.join(map(repr, wrong))} (write them as +15551234567)")
+        return [e164(str(n)) or "" for n in numbers]
+
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:

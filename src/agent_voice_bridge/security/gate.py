@@ -16,6 +16,7 @@ from loguru import logger
 from twilio.twiml.voice_response import VoiceResponse
 
 from agent_voice_bridge.pipelines.config import BridgeConfig
+from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
 from agent_voice_bridge.security.mode import checks_on, security_mode
 from agent_voice_bridge.security.signatures import SignatureChecker
@@ -52,9 +53,8 @@ def _busy() -> str:
 
 
 def normalise_number(number: str) -> str:
-    """E.164-ish: keep digits, one leading +. "+1 (555) 010-0" and "15550100" match."""
-    digits = "".join(ch for ch in number if ch.isdigit())
-    return f"+{digits}" if digits else ""
+    """E.164 for a phone number ("+1 (555) 010-0100" → "+15550100100"); "" for anything else (SIP, client, withheld)."""
+    return e164(number) or ""
 
 
 class CallGate:
@@ -84,7 +84,8 @@ class CallGate:
             return Refusal("caller is on the blocklist", _reject(), "not_allowed")
         if self._allow and caller not in self._allow:
             return Refusal("caller is not on the allowlist", _reject(), "not_allowed")
-        if self._rate and not await self.store.hit(f"caller:{caller}", self._rate.calls, self._rate.per_seconds):
+        identity = caller or form.get("From", "")[:128]  # a SIP or client identity is limited as itself
+        if self._rate and not await self.store.hit(f"caller:{identity}", self._rate.calls, self._rate.per_seconds):
             return Refusal(f"rate limit: {self._rate.calls} calls per {self._rate.per_seconds:g} s", _busy(),
                            "rate_limited")
         call_sid = form.get("CallSid", "")

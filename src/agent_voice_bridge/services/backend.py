@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
+from agent_voice_bridge.services import caller_verification
+from agent_voice_bridge.services.caller_verification import CallerVerification, Verify
 from agent_voice_bridge.services.templates import render
 from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
 from agent_voice_bridge.transports.call_info import CallInfo
@@ -25,6 +27,8 @@ DEFAULT_INSTRUCTIONS = ("You are a helpful assistant on a phone call. Keep answe
 class MemoryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     calls: int = Field(default=3, ge=1, le=20, description="How many of the caller's last calls to recall.")
+    verify: Verify = Field(default="none", description="'none': trust caller ID (anyone can spoof it); 'sms': "
+                           "recall earlier calls only after the caller reads back a code texted to the number.")
 
 
 class AgentParams(StageParams):
@@ -54,11 +58,17 @@ class AgentParams(StageParams):
                 raise ValueError(str(exc)) from None
         return paths
 
+    def verifies_memory(self, call: CallInfo | None) -> bool:
+        """Whether this call has earlier calls that the caller must unlock with a texted code."""
+        return self.memory is not None and self.memory.verify == "sms" and call is not None and bool(call.memory)
+
     def tool_set(self) -> list[Tool]:
         return [import_tool(path) for path in self.tools]
 
-    def tools_schema(self) -> ToolsSchema | None:
+    def tools_schema(self, call: CallInfo | None = None) -> ToolsSchema | None:
         schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
+        if self.verifies_memory(call):
+            schemas += caller_verification.schemas()
         return ToolsSchema(standard_tools=schemas) if schemas else None
 
 
@@ -89,7 +99,7 @@ def instructions_for(params: AgentParams, ctx: StageContext) -> str:
     """The rendered instructions, plus what this caller said in earlier calls when ``memory`` is on."""
     text = render(params.instructions, facts_of(ctx))
     if params.memory is not None and ctx.call is not None and ctx.call.memory:
-        text = f"{text}\n\n{ctx.call.memory}"
+        text = f"{text}\n\n{caller_verification.INSTRUCTION if params.memory.verify == 'sms' else ctx.call.memory}"
     return text
 
 
@@ -136,6 +146,11 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
     """Give the service a handler for each declared tool, and for ``end_call``."""
     for tool in params.tool_set():
         service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)
+    if params.verifies_memory(call):
+        assert call is not None
+        verification = CallerVerification(call)
+        service.register_function(caller_verification.SEND_CODE, verification.send_code)
+        service.register_function(caller_verification.RECALL, verification.recall)
     if params.end_call:
 
         async def end_call(args: FunctionCallParams) -> None:

@@ -53,7 +53,7 @@ class CascadeLLM(Stage):
 
     def converse(self, params: AgentParams, ctx: StageContext) -> None:
         """Seed this call's conversation: tools, greeting, the tool handlers and ``end_call``."""
-        schema = params.tools_schema()
+        schema = params.tools_schema(ctx.call)
         self.initial_context = LLMContext(tools=schema) if schema else LLMContext()
         self._greeting = rendered(params.greeting, ctx)
         register_tools(self, params, ctx.call)

@@ -102,7 +102,7 @@ class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, Every
             api_key=params.api_key,
             system_instruction=instructions_for(params, ctx),
             settings=settings,
-            tools=params.tools_schema(),
+            tools=params.tools_schema(ctx.call),
             http_options=HttpOptions(**http) if http else None,
             greeting=greeting,
             deferred=deferred,

@@ -127,7 +127,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             input=events.AudioInput(format=fmt, turn_detection=turns, transcription=(
                 events.InputAudioTranscription(model=params.transcribe, language=params.language.split("-")[0])
                 if params.transcribe else None)),
-            output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema())
+            output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema(ctx.call))
         settings = cls.Settings(model=params.model, system_instruction=instructions_for(params, ctx),
                                 session_properties=session)
         greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.sids import file_stem
 from agent_voice_bridge.storage.journal import CallJournal
@@ -35,8 +36,8 @@ PRIVATE_PARAMETERS = ("streamToken",)
 async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -> str:
     """The memory block for this caller, when a stage wants it ('' if none, or if the database is slow)."""
     wanted = chain.memory_calls()
-    if not wanted or not caller:
-        return ""
+    if not wanted or e164(caller) is None:
+        return ""  # a withheld, SIP or client caller ID names nobody whose history could be theirs
     try:
         history = await asyncio.wait_for(storage.caller_history(caller, wanted, exclude=call_sid),
                                          DB_TIMEOUT_SECS)

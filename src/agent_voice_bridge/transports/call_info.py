@@ -47,6 +47,8 @@ class CallInfo:
     retract_hang_up: Callable[[], Awaitable[bool]] | None = None
     """Take back a ``hang_up`` that has not happened yet (the model cancelled its end_call); True if it was."""
     end: Callable[[str | None, str], Awaitable[None]] | None = None
+    send_text: Callable[[str], Awaitable[None]] | None = None
+    """Text the person on the line (Twilio REST; set when the line has a Twilio account and number)."""
     """End the call now, playing one of the committed goodbyes (name, reason) first."""
     journal: CallJournal | None = None
     """Where the transport stages report turns, when calls are stored."""

@@ -53,6 +53,11 @@ def place_call(twilio: TwilioConfig, *, to: str, answer_url: str, status_url: st
     return PlacedCall(call_sid=call.sid, status=call.status or "queued")
 
 
+def send_text(twilio: TwilioConfig, to: str, body: str) -> None:
+    """An SMS from ``twilio.phone_number`` (Twilio's Messages API); raises what the twilio package raises."""
+    rest_client(twilio).messages.create(to=to, from_=twilio.phone_number, body=body)
+
+
 def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
     """Hang up through Twilio's REST API, so the call ends even if TwiML follows <Connect>."""
     try:
