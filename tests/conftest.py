@@ -22,6 +22,7 @@ from agent_voice_bridge.server import create_app
 from agent_voice_bridge.serving import DrainingServer, uvicorn_config
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import load_wav
+from fakes import conformance
 
 pytest_plugins = ["databases"]  # tests/databases.py: PostgreSQL/SQLite fixtures
 
@@ -125,6 +126,29 @@ async def _task_names() -> list[str]:
 
 
 ECHO_YAML = (ROOT / "pipelines" / "echo.yaml").read_text()
+
+
+CONFORMANCE_LINES = 20
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "invalid_client_messages: the test sends malformed client messages to a fake on purpose; "
+        "their conformance violations are expected (server messages are still checked)")
+
+
+@pytest.fixture(autouse=True)
+def protocol_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test if any fake sent or received a message the SDK's own models reject (fakes/conformance.py)."""
+    conformance.take_violations()
+    yield
+    found = conformance.take_violations()
+    if request.node.get_closest_marker("invalid_client_messages"):
+        found = [v for v in found if v.direction != "client"]
+    if found:
+        shown = "\n".join(f"  {v}" for v in found[:CONFORMANCE_LINES])
+        more = f"\n  … and {len(found) - CONFORMANCE_LINES} more" if len(found) > CONFORMANCE_LINES else ""
+        pytest.fail(f"{len(found)} protocol conformance violation(s):\n{shown}{more}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,7 @@ async def test_session_created_then_update_reflects_the_effective_config() -> No
         assert fake.handshakes[0].authorization == f"Bearer {KEY}"
 
 
+@pytest.mark.invalid_client_messages  # beta shapes, a missing session.type, a 16 kHz pcm rate
 async def test_beta_shaped_session_update_is_rejected_like_the_ga_server() -> None:
     async with FakeOpenAIRealtime() as fake, sdk(fake) as conn:
         await until(conn, "session.created")

@@ -82,6 +82,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import conformance
+
 __all__ = [
     "CancelRecord",
     "FakeOpenAIRealtime",
@@ -626,6 +628,7 @@ class FakeRealtimeSession:
             if self._dropped or self.close_sent is not None:
                 raise ConnectionClosed(None, None)
             recorded = json.loads(payload)  # a snapshot: the fake keeps mutating its own item dicts
+            conformance.record("openai", "server", payload)
             self.server_events.append(recorded)
             if event_type == "error":
                 self.errors.append(recorded)
@@ -693,6 +696,7 @@ class FakeRealtimeSession:
         return True
 
     async def _on_message(self, raw: str | bytes) -> None:
+        conformance.record("openai", "client", raw)
         if isinstance(raw, bytes):
             self.events.append({"type": None, "binary": raw})
             await self._notify()
