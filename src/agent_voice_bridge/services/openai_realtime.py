@@ -106,7 +106,6 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         self._session_limit_secs = session_limit_secs
         self._session_end_margin_secs = session_end_margin_secs
         self._session_timer: asyncio.TimerHandle | None = None
-        self._started_at = time.time()
         self._session_update_ids: set[str] = set()
         self._held: HeldAudio[bytes | InputAudioRawFrame] = HeldAudio(HELD_AUDIO_SECS)
 
@@ -154,9 +153,8 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
-            self._started_at = time.time()
             if self._session_limit_secs is not None:
-                self._schedule_polite_end(self._started_at + self._session_limit_secs)
+                self._schedule_polite_end(time.time() + self._session_limit_secs)
             if self._deferred is not None:
                 self._deferred.start(self)  # the conversation opens when the callee speaks or the wait ends
             elif self._greeting:
