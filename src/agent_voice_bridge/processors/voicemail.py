@@ -49,6 +49,7 @@ from agent_voice_bridge.audio import mulaw, prompts
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.services import message_transcriber
+from agent_voice_bridge.private_files import open_private
 from agent_voice_bridge.sids import file_stem
 from agent_voice_bridge.storage.records import Message
 from agent_voice_bridge.transports.call_info import CallInfo
@@ -121,9 +122,9 @@ class MessageFile:
     speaks again (then written) or the message ends on silence (then dropped)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._wav = wave.open(str(path), "wb")
+        self._raw = open_private(path)  # 0600: a caller's voice
+        self._wav = wave.open(self._raw, "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(RATE)
@@ -149,6 +150,7 @@ class MessageFile:
             self._held.clear()
         self.flush()
         self._wav.close()
+        self._raw.close()  # wave closes only files it opened itself
         return self.written / 2 / RATE * 1000
 
 

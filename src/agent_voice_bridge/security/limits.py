@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from agent_voice_bridge.private_files import create_private
 
 
 class LimitStore(ABC):
@@ -77,7 +78,7 @@ class SQLiteLimitStore(LimitStore):
 
     def __init__(self, path: str | os.PathLike[str]):
         self._path = str(path)
-        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(Path(self._path))  # 0600, and so its -wal/-shm
         with self._connect() as db:
             db.executescript("""
                 PRAGMA journal_mode=WAL;
@@ -188,12 +189,19 @@ class RedisLimitStore(LimitStore):
         await self._redis.aclose()
 
 
+def default_sqlite_path(port: int) -> Path:
+    """The server's own state directory (systemd's ``STATE_DIRECTORY``, else the working directory, where the
+    call records' database lives too); never a shared temp dir, where anyone can create that name first."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state or ".") / f"voice-bridge-limits-{port}.sqlite"
+
+
 def open_store(spec: str, port: int) -> LimitStore:
-    """``memory``, ``sqlite`` (a file per port in the temp dir), ``sqlite:///path`` or ``redis://…``."""
+    """``memory``, ``sqlite`` (a file per port in the state directory), ``sqlite:///path`` or ``redis://…``."""
     if spec == "memory":
         return MemoryLimitStore()
     if spec == "sqlite":
-        return SQLiteLimitStore(Path(tempfile.gettempdir()) / f"voice-bridge-{port}.sqlite")
+        return SQLiteLimitStore(default_sqlite_path(port))
     if spec.startswith("sqlite:///"):
         return SQLiteLimitStore(spec.removeprefix("sqlite:///"))
     if spec.startswith(("redis://", "rediss://", "unix://")):

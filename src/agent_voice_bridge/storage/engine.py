@@ -17,6 +17,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agent_voice_bridge.private_files import create_private
+
 DRIVERS = {
     "sqlite": ("sqlite", "sqlite+aiosqlite"),
     "sqlite+aiosqlite": ("sqlite", "sqlite+aiosqlite"),
@@ -84,6 +86,8 @@ def create_engine(target: StoreURL) -> AsyncEngine:
     """One engine (and connection pool) per process."""
     if target.backend == "postgresql":
         return create_async_engine(target.url, pool_pre_ping=True)
+    if target.sqlite_path is not None:
+        create_private(target.sqlite_path)  # 0600, and so its -wal/-shm: call records name people
     engine = create_async_engine(target.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
     _configure_sqlite(engine, wal=not target.memory)
     return engine

@@ -33,6 +33,7 @@ import numpy as np
 from loguru import logger
 
 from agent_voice_bridge.audio.mulaw import decode_array
+from agent_voice_bridge.private_files import open_private
 
 __all__ = ["SAMPLE_RATE", "STALL_MS", "CallRecorder"]
 
@@ -83,8 +84,7 @@ class CallRecorder:
         self._marks: OrderedDict[str, int] = OrderedDict()  # pending mark → modelled end (samples)
         self._closed = False
         self._failed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 (lives as long as the call)
+        self._file: BinaryIO | None = open_private(self.path)  # lives as long as the call; 0600: a caller's voice
         self._file.write(_wav_header(0))
         self._file.flush()
 
