@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -120,7 +121,26 @@ def _masked_value(value: Any) -> Any:
         return masked(value)
     if isinstance(value, list):
         return [_masked_value(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _masked_url(value)
     return value
+
+
+def _masked_url(text: str) -> str:
+    """A secret can sit in a value whatever its name: ``wss://user:pw@host/?key=sk-…`` shows ``***`` for both."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = urlencode([(k, "***" if is_secret(k) or k.lower() in SECRET_QUERY_NAMES else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+SECRET_QUERY_NAMES = {"key", "sig", "signature", "auth", "access_token", "code"}
 
 
 def _split_entry(entry: Any) -> tuple[str, dict[str, Any]]:
