@@ -221,7 +221,8 @@ async def go_away_call(fake: FakeGeminiLive):
 
 
 async def test_go_away_mid_reply_switches_sessions_at_the_turn_end_without_loss(log_lines: list[str]) -> None:
-    script = GeminiScript(go_away_at_reply_ms=300, go_away_time_left=6.0)
+    # Resuming takes the server 300 ms: 15 frames of caller audio arrive while the new session opens.
+    script = GeminiScript(go_away_at_reply_ms=300, go_away_time_left=6.0, resume_setup_delay_ms=300)
     async with FakeGeminiLive(script=script) as fake:
         result, record = await go_away_call(fake)
         assert len(fake.sessions) == 2, fake.summary()

@@ -284,6 +284,8 @@ class GeminiScript:
     """``"refuse"``: close 1008 before setupComplete; ``"drop_after_setup"``: close 1011 as
     soon as the first reply's first audio chunk is out."""
     unknown_handle_close: tuple[int, str] = (1008, "Invalid session resumption handle.")
+    resume_setup_delay_ms: float = 0.0
+    """How long a setup that resumes a session (with a handle) waits for ``setupComplete``: restoring state."""
     """What a setup with a handle the fake never issued gets (reason text is the fake's own)."""
 
 
@@ -680,6 +682,7 @@ class _Connection:
                 await self.close(*script.unknown_handle_close)
                 return
             session.resumed = True
+            await asyncio.sleep(script.resume_setup_delay_ms / 1000)
         else:
             conversation = self.fake._new_conversation()
         self.conversation = conversation
