@@ -261,10 +261,15 @@ async def open_stream(url: str, call_sid: str, params: dict[str, str], media_fra
         return Refused(ws.close_code, time.monotonic() - began, messages)
 
 
-async def stream_token(server: LiveServer, call_sid: str) -> str:
+async def stream_params(server: LiveServer, call_sid: str) -> dict[str, str]:
+    """The ``<Parameter>``s a signed ``/incoming`` answers for this call (caller, callee, token…)."""
     form = call_form(call_sid)
     _, params = stream_of(await post(server.http_url, form, sign(server.http_url, form)))
-    return params["streamToken"]
+    return params
+
+
+async def stream_token(server: LiveServer, call_sid: str) -> str:
+    return (await stream_params(server, call_sid))["streamToken"]
 
 
 async def _no_token(server: LiveServer, sid: str) -> dict[str, str]:
@@ -285,12 +290,12 @@ async def _expired(server: LiveServer, sid: str) -> dict[str, str]:
 
 
 async def _replayed(server: LiveServer, sid: str) -> dict[str, str]:
-    token = await stream_token(server, sid)
+    params = await stream_params(server, sid)  # the token is bound to the caller and callee beside it
     before = server.calls.finished
-    first = await run_call(server.ws_url, [Pause(0.2)], call_sid=sid, custom_parameters={"streamToken": token})
+    first = await run_call(server.ws_url, [Pause(0.2)], call_sid=sid, custom_parameters=params)
     assert first.close_code == 1000 and first.events_of("closed")[-1].detail.endswith("by caller")
     await asyncio.to_thread(server.wait_idle, before + 1)  # the first use really ran as a call
-    return {"streamToken": token}
+    return params
 
 
 @pytest.mark.parametrize("make_params, reason", [
@@ -315,6 +320,34 @@ async def test_stream_without_a_valid_token_is_closed_1008_within_2s_with_no_aud
     assert any("refused" in line and reason in line for line in logs)
     if params.get("streamToken"):
         assert not any(params["streamToken"] in line for line in logs)
+
+
+@pytest.mark.parametrize("changed", [
+    {"caller": "+15550109999"},
+    {"callee": "+15550109999"},
+    {"caller": ""},
+], ids=["other-caller", "other-callee", "caller-dropped"])
+async def test_a_valid_token_with_another_caller_or_callee_is_closed_1008(
+        signed_server: LiveServer, logs: list[str], changed: dict[str, str]) -> None:
+    # The caller and callee feed the AI's instructions and the caller's memory: a stream that keeps
+    # /incoming's token but claims another number must not get that number's memory.
+    sid = new_sid()
+    params = await stream_params(signed_server, sid)
+    assert params["caller"] == call_form()["From"] and params["callee"] == call_form()["To"]
+    from agent_voice_bridge import metrics
+    token_refusals = metrics.REFUSED.labels("stream_token")
+    refused_before, finished_before = signed_server.calls.refused, signed_server.calls.finished
+    counted_before = token_refusals._value.get()
+    outcome = await open_stream(signed_server.ws_url, sid, {**params, **changed})
+    assert outcome.code == 1008
+    assert outcome.messages == []
+    assert signed_server.calls.refused == refused_before + 1
+    assert token_refusals._value.get() == counted_before + 1
+    assert signed_server.calls.finished == finished_before, "no call (pipeline) was started"
+    assert any("refused" in line and "does not match the call" in line for line in logs)
+    # The same token with /incoming's own parameters was not spent by the refused stream: it still works.
+    result = await run_call(signed_server.ws_url, [Pause(0.2)], call_sid=sid, custom_parameters=params)
+    assert result.close_code == 1000, result.timeline()
 
 
 async def test_signed_call_through_incoming_and_token_reaches_the_echo(signed_server: LiveServer) -> None:

@@ -117,7 +117,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         url = webhooks.stream_url(request)
         parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
                                                             ("callSid", "CallSid")) if form.get(field)}
-        parameters.update(gate.stream_parameters(call_sid))
+        parameters.update(gate.stream_parameters(call_sid, form.get("From", ""), form.get("To", "")))
         if call_sid:
             early = CallInfo(call_sid=call_sid, stream_sid="", caller=form.get("From", ""),
                              callee=form.get("To", ""), parameters=parameters)

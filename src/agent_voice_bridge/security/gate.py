@@ -93,12 +93,17 @@ class CallGate:
             return Refusal(f"{self._max_calls} concurrent calls already", _busy(), "busy")
         return None
 
-    def stream_parameters(self, call_sid: str) -> dict[str, str]:
-        """Extra ``<Parameter>``s for the TwiML: the one-time stream token when checks are on."""
+    def stream_parameters(self, call_sid: str, caller: str = "", callee: str = "") -> dict[str, str]:
+        """Extra ``<Parameter>``s for the TwiML: the one-time stream token when checks are on.
+
+        ``caller`` and ``callee`` must be the ``caller``/``callee`` parameters the same TwiML carries
+        (absent = ""): the token is bound to them, and :meth:`check_stream` refuses a stream that
+        presents other ones.
+        """
         if not self.enforce or not call_sid:
             return {}
         assert self._tokens is not None
-        return {PARAMETER: self._tokens.issue(call_sid)}
+        return {PARAMETER: self._tokens.issue(call_sid, caller, callee)}
 
     async def check_stream(self, start: Start) -> str | None:
         """A reason to close the stream with 1008, or None to let the call in."""
@@ -106,8 +111,9 @@ class CallGate:
             return "callSid is missing or not a Twilio call SID"
         if self.enforce:
             assert self._tokens is not None
-            token = start.custom_parameters.get(PARAMETER)
-            problem = self._tokens.check(start.call_sid, token)
+            params = start.custom_parameters
+            token = params.get(PARAMETER)
+            problem = self._tokens.check(start.call_sid, token, params.get("caller", ""), params.get("callee", ""))
             if problem:
                 return problem
             assert token is not None

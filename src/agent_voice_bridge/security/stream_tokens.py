@@ -2,8 +2,12 @@
 
 ``/incoming`` (signed by Twilio) puts a token into the TwiML's ``<Parameter>``;
 Twilio hands it back in the stream's ``start``. The token is an HMAC over the call
-SID and an expiry, keyed with the auth token, so any worker or host can check it
-without shared state; "one-time" uses the limits store, which is shared anyway.
+SID, the caller (``From``), the called number (``To``) and an expiry, keyed with the
+auth token, so any worker or host can check it without shared state; "one-time"
+uses the limits store, which is shared anyway. The caller and callee are bound
+because they arrive as plain ``customParameters`` beside the token, and the AI's
+instructions and per-caller memory use them: a stream that kept a valid token but
+claimed another caller would get that caller's memory.
 Anyone who opens ``/media-stream`` without having gone through a signed
 ``/incoming`` gets no pipeline and spends no AI budget.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Callable
 
@@ -28,16 +33,20 @@ class StreamTokens:
         self._ttl = ttl_seconds
         self._clock = clock
 
-    def _mac(self, call_sid: str, expires: int) -> str:
-        digest = hmac.new(self._key, f"{call_sid}\0{expires}".encode(errors="surrogatepass"), hashlib.sha256).digest()
+    def _mac(self, call_sid: str, caller: str, callee: str, expires: int) -> str:
+        # JSON (ASCII-escaped) keeps the fields apart whatever they hold: no separator can be smuggled in.
+        message = json.dumps([call_sid, caller, callee, expires]).encode()
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
-    def issue(self, call_sid: str) -> str:
+    def issue(self, call_sid: str, caller: str = "", callee: str = "") -> str:
+        """A token for this call as ``/incoming`` saw it: its SID, ``From`` and ``To`` ("" when absent)."""
         expires = int(self._clock() + self._ttl)
-        return f"{expires}.{self._mac(call_sid, expires)}"
+        return f"{expires}.{self._mac(call_sid, caller, callee, expires)}"
 
-    def check(self, call_sid: str, token: str | None) -> str | None:
-        """None if the token is valid for ``call_sid`` now, else why not (for the log, never the token)."""
+    def check(self, call_sid: str, token: str | None, caller: str = "", callee: str = "") -> str | None:
+        """None if the token is valid now for this call SID, caller and callee, else why not (for the log,
+        never the token)."""
         if not token:
             return "no stream token"
         # The token comes from whoever opened the socket: non-ASCII (compare_digest raises), Unicode digits
@@ -48,7 +57,7 @@ class StreamTokens:
         if not expires_text.isdigit() or len(expires_text) > MAX_EXPIRY_DIGITS or not mac:
             return "malformed stream token"
         expires = int(expires_text)
-        if not hmac.compare_digest(mac, self._mac(call_sid, expires)):
+        if not hmac.compare_digest(mac, self._mac(call_sid, caller, callee, expires)):
             return "stream token does not match the call"
         if expires < self._clock():
             return "stream token expired"

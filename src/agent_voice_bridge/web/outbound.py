@@ -64,7 +64,7 @@ def outbound_router(config: BridgeConfig, gate: CallGate, webhooks: SignedWebhoo
                            "direction": "outbound"})
         if answered_by:
             parameters["answeredBy"] = answered_by
-        parameters.update(gate.stream_parameters(call_sid))
+        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
         if call_sid:
             chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
                                          callee=parameters["callee"], parameters=parameters))

@@ -202,7 +202,7 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIR
             raise HTTPException(status_code=503, detail="shutting down")
         call_sid = "CA" + uuid.uuid4().hex
         parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
-        parameters.update(gate.stream_parameters(call_sid))
+        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
         chain.connect_early(call_sid)
         logger.info(f"call {call_sid}: softphone token issued to "
                     f"{request.client.host if request.client else 'unknown'}")
