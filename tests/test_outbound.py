@@ -201,3 +201,51 @@ async def test_the_api_says_what_the_configuration_lacks() -> None:
             answer = await http.post("/calls", json={"to": CALLEE}, headers={"X-API-Key": API_KEY})
     assert answer.status_code == 503
     assert "twilio.account_sid" in answer.json()["detail"] and "server.public_url" in answer.json()["detail"]
+
+
+TWILIO_ERROR = '{"code": 20500, "message": "Internal Server Error", "more_info": "https://www.twilio.com/docs/errors/20500", "status": 500}'
+
+
+@pytest.mark.parametrize("outage, status, said", [
+    ("connection refused", 503, "Connection refused"),
+    ("no answer", 503, "no answer within 0.5 s"),
+    ((503, "text/html", "<html><body><h1>503 Service Unavailable</h1></body></html>"), 502, "HTTP 503"),
+    ((500, "application/json", TWILIO_ERROR), 502, "HTTP 500 Unable to create record: Internal Server Error (error 20500)"),
+    ((429, "application/json", TWILIO_ERROR.replace("500", "429")), 502, "HTTP 429"),
+], ids=["refused", "no-answer", "503-html", "500-json", "429"])
+async def test_dialling_when_twilio_is_down_is_a_clear_error_in_one_log_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outage, status: int, said: str) -> None:
+    import socket
+
+    from loguru import logger
+
+    from agent_voice_bridge.transports import twilio_rest
+
+    monkeypatch.setattr(twilio_rest, "TWILIO_TIMEOUT_SECS", 0.5, raising=False)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{level} {message}\n{exception}")
+    port = free_port()
+    with socket.socket() as silent, FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connects (the backlog accepts), never answers
+        if outage == "connection refused":
+            twilio.url = f"http://127.0.0.1:{free_port()}"
+        elif outage == "no answer":
+            twilio.url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        else:
+            twilio.outage = outage
+        async with FakeOpenAIRealtime() as fake:
+            with LiveServer(outbound_yaml(port, twilio, fake, tmp_path), port=port) as server:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                    answer = await http.post("/calls", json={"to": CALLEE}, headers={"X-API-Key": API_KEY})
+                stored = server.db(CallStore.recent_calls, 10)
+    logger.remove(sink)
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert said in detail and "\n" not in detail and "\x1b" not in detail, detail
+    assert "Twilio" in detail
+    logged = [line for line in lines if "dialling failed" in line]
+    assert len(logged) == 1 and said in logged[0], lines
+    assert not any("Traceback" in line for line in lines)
+    assert not any(TOKEN in line for line in lines), "the auth token never reaches the log"
+    assert stored == [] and twilio.calls == []

@@ -13,6 +13,8 @@ import re
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
+from loguru import logger
+
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security.gate import normalise_number
 from agent_voice_bridge.storage import CallRecord, CallStore
@@ -60,7 +62,10 @@ async def dial(config: BridgeConfig, storage: CallStore | None, to: str, paramet
                                      status_url=f"{base}{STATUS_PATH}",
                                      machine_detection=config.outbound.machine_detection)
     if storage is not None:
-        await storage.start_call(CallRecord(
-            call_sid=placed.call_sid, started_at=datetime.now(timezone.utc), caller=config.twilio.phone_number,
-            callee=number, direction="outbound", pipeline=pipeline, status=placed.status, parameters=parameters))
+        try:
+            await storage.start_call(CallRecord(
+                call_sid=placed.call_sid, started_at=datetime.now(timezone.utc), caller=config.twilio.phone_number,
+                callee=number, direction="outbound", pipeline=pipeline, status=placed.status, parameters=parameters))
+        except Exception as exc:  # the call is ringing already: a failing database must not turn that into an error
+            logger.error(f"call {placed.call_sid}: storing its record failed ({exc.__class__.__name__}: {exc})")
     return placed

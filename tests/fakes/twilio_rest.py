@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from twilio.request_validator import RequestValidator
 
 API = "/2010-04-01/Accounts/{account}"
@@ -50,6 +50,8 @@ class FakeTwilioRest:
         self.calls: list[PlacedCall] = []
         self.updates: list[dict[str, str]] = []
         self.messages: list[dict[str, str]] = []
+        self.outage: tuple[int, str, str] | None = None
+        """(status, content type, body): set it and every API request gets that answer (an outage, a proxy's page)."""
         self._validator = RequestValidator(auth_token)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -69,6 +71,13 @@ class FakeTwilioRest:
 
     def _app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.middleware("http")
+        async def outage(request: Request, call_next):
+            if self.outage is None:
+                return await call_next(request)
+            status, content_type, body = self.outage
+            return Response(body, status_code=status, media_type=content_type)
 
         @app.post(API + "/Calls.json")
         async def create(account: str, request: Request):

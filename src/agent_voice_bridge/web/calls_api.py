@@ -19,7 +19,7 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
 from agent_voice_bridge.storage.records import Message
-from agent_voice_bridge.transports.twilio_rest import OutboundError, TwilioRefused
+from agent_voice_bridge.transports.twilio_rest import OutboundError, TwilioRefused, TwilioUnreachable
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 
 
@@ -68,8 +68,10 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
             raise HTTPException(status_code=503, detail=problem)
         try:
             placed = await dial(config, store, body.to, body.parameters, chain.source)
-        except TwilioRefused as exc:
-            raise HTTPException(status_code=502, detail=str(exc)) from None
+        except (TwilioUnreachable, TwilioRefused) as exc:  # Twilio's trouble, not the request's: one line, no trace
+            logger.warning(f"dialling failed: {exc}")
+            raise HTTPException(status_code=503 if isinstance(exc, TwilioUnreachable) else 502,
+                                detail=str(exc)) from None
         except OutboundError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         logger.info(f"call {placed.call_sid}: dialling {body.to} ({placed.status})")
