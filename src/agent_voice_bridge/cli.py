@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,10 @@ from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load_file
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from agent_voice_bridge.pipelines.chain import Chain
+    from agent_voice_bridge.transports.simulated_caller import Step
 
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
@@ -127,39 +131,53 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.transports.simulated_caller import (
-        Pause,
-        Say,
-        WaitHeard,
-        WaitQuiet,
-        load_wav,
-        run_call,
-        save_wav,
-    )
+    from agent_voice_bridge.transports.simulated_caller import CallSetupError, load_wav, run_call, save_wav
 
     if not args.wav:
         print("voice-bridge call: give at least one --wav FILE to speak", file=sys.stderr)
         return 2
-    steps: list = [Pause(0.5)]
-    for i, path in enumerate(args.wav):
-        steps.append(Say(load_wav(path), label=Path(path).name))
-        last = i == len(args.wav) - 1
-        if args.barge_in is not None and not last:
-            steps.append(WaitHeard(after=args.barge_in))
-        else:
-            steps.append(WaitQuiet(idle=1.0, timeout=args.timeout))
+    try:
+        steps = call_script(args, [(Path(path).name, load_wav(path)) for path in args.wav])
+    except (OSError, EOFError, wave.Error) as exc:
+        print(f"voice-bridge call: cannot read a --wav file: {exc}", file=sys.stderr)
+        return 2
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     try:
         result = asyncio.run(run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
                                       auth_token=token))
-    except (OSError, ValueError) as exc:
-        print(f"voice-bridge call: {exc}", file=sys.stderr)
+    except (OSError, ValueError, CallSetupError) as exc:
+        print(f"voice-bridge call: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(result.timeline())
+    if result.events_of("gave_up"):
+        print("  (--greeting-wait, --timeout and --idle set how long the caller waits)")
     if args.out:
         save_wav(args.out, result.heard)
         print(f"heard audio written to {args.out}")
     return 0
+
+
+def call_script(args: argparse.Namespace, wavs: list[tuple[str, np.ndarray]]) -> list[Step]:
+    """What the simulated caller does: hear the greeting out, then say each WAV and hear each reply out.
+
+    A line that greets gets to finish (speaking over it would clear it), and a reply has ended only after
+    ``--idle`` seconds of quiet, so a model that thinks for seconds is not hung up on. ``--barge-in``
+    instead speaks each next WAV that long after the previous reply starts.
+    """
+    from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitReply
+
+    if args.greeting_wait > 0:
+        steps: list[Step] = [WaitReply(timeout=args.greeting_wait, idle=args.idle, what="greeting")]
+    else:
+        steps = [Pause(0.5)]
+    for i, (label, audio) in enumerate(wavs):
+        steps.append(Say(audio, label=label))
+        last = i == len(wavs) - 1
+        if args.barge_in is not None and not last:
+            steps.append(WaitHeard(after=args.barge_in, timeout=args.timeout))
+        else:
+            steps.append(WaitReply(timeout=args.timeout, idle=args.idle))
+    return steps
 
 
 def _open_store(path: str | None):
@@ -310,7 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--to", dest="to_number", default="+15550002222")
     call.add_argument("--barge-in", type=float, metavar="SECS",
                       help="speak each next WAV SECS after the reply to the previous one starts playing")
-    call.add_argument("--timeout", type=float, default=20.0, help="longest wait for a reply to finish")
+    call.add_argument("--timeout", type=float, default=20.0, metavar="SECS",
+                      help="longest wait for a reply to begin (default 20)")
+    call.add_argument("--idle", type=float, default=2.0, metavar="SECS",
+                      help="quiet that ends a reply or the greeting (default 2)")
+    call.add_argument("--greeting-wait", type=float, default=4.0, metavar="SECS",
+                      help="longest wait for the line's greeting to begin before speaking; 0 speaks at once "
+                           "(default 4)")
     call.set_defaults(func=_cmd_call)
 
     calls = sub.add_parser("calls", help="recent calls, a line each; 'calls show CALLSID' for one in full; "
@@ -341,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     _quiet_logs(getattr(args, "log_level", "warning"))
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `voice-bridge call … | head`: the reader has gone, which is no error of ours. Point stdout at
+        # /dev/null so that Python's own flush at exit does not print a traceback either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a writer ended by SIGPIPE
+    return code
 
 
 def _quiet_logs(level: str) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "Step",
     "WaitHeard",
     "WaitQuiet",
+    "WaitReply",
     "load_wav",
     "run_call",
     "save_wav",
@@ -130,6 +131,25 @@ class WaitQuiet:
 
 
 @dataclass
+class WaitReply:
+    """Send silence until a reply has begun and then ended: how a person waits for a slow AI.
+
+    Why not ``WaitQuiet``: a line that thinks for seconds (a cascade, a model calling a tool) is quiet
+    before it answers, and a caller that takes that quiet for the end of the turn hangs up on it. The
+    reply counts if its first sample plays at or after the onset of the last ``Say`` (or after this step
+    began, if nothing was said yet: a greeting). It has ended once nothing is queued and nothing arrived
+    or played for ``idle`` seconds, so the gaps between a reply's sentences do not end it. When no reply
+    begins within ``timeout`` s, or one still plays after ``longest`` s, an event ``gave_up`` says which
+    and the script goes on (the summary lists them).
+    """
+
+    timeout: float = 20.0
+    idle: float = 2.0
+    longest: float = 120.0
+    what: str = "reply"
+
+
+@dataclass
 class Dtmf:
     """Press keys: one ``dtmf`` message per digit, each followed by ``gap`` s of silence."""
 
@@ -150,7 +170,7 @@ class Until:
     every: float = 0.1
 
 
-Step = Say | Pause | WaitHeard | WaitQuiet | Dtmf | Until
+Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until
 
 
 # --------------------------------------------------------------------------- results
@@ -227,6 +247,8 @@ class CallResult:
         for tc, lat in zip(self.clears, self.clear_latencies()):
             since = "before any speech" if math.isnan(lat) else f"{lat * 1000:.0f} ms after speech onset"
             lines.append(f"  clear at {tc:.2f} s, {since}")
+        for event in self.events_of("gave_up"):
+            lines.append(f"  gave up waiting at {event.t:.2f} s: {event.detail}")
         lines.append(
             f"  marks: {self.marks_received} received, {len(self.marks_echoed)} echoed; "
             f"media received: {self.media_bytes_received} B "
@@ -347,6 +369,7 @@ class _Call:
         self.stale_media = 0
         self._stale_until: float | None = None  # loop time; reset by the caller's next speech_end
         self._last_media_t = -math.inf
+        self._last_played_t = -math.inf  # end of the last frame that held server audio
 
     # ---- clock and bookkeeping
 
@@ -433,6 +456,8 @@ class _Call:
     def _track_playing(self, k: int, n: int) -> None:
         """Turn per-frame fill levels into audio_start / audio_end events."""
         frame_start = k * FRAME_SECONDS
+        if n:
+            self._last_played_t = round(frame_start + FRAME_SECONDS, 6)
         if n and not self._playback.playing:
             self._playback.playing = True
             self._audio_starts.append(round(frame_start, 6))
@@ -461,6 +486,8 @@ class _Call:
                 await self._wait_heard(step)
             elif isinstance(step, WaitQuiet):
                 await self._wait_quiet(step)
+            elif isinstance(step, WaitReply):
+                await self._wait_reply(step)
             elif isinstance(step, Dtmf):
                 await self._dtmf(step)
             elif isinstance(step, Until):
@@ -516,6 +543,26 @@ class _Call:
         while not (self._playback.empty and self.now() - max(self._last_media_t, began) >= step.idle - 1e-9):
             if budget <= 0:
                 self._event("timeout", f"WaitQuiet: still hearing audio after {step.timeout:g} s")
+                return
+            budget -= 1
+            if not await self._tick(_SILENT_FRAME):
+                return
+
+    async def _wait_reply(self, step: WaitReply) -> None:
+        since = self._last_onset if self._last_onset is not None else self.now()
+        budget = _frames_in(step.timeout)
+        while not any(t >= since - 1e-9 for t in self._audio_starts):
+            if budget <= 0:
+                self._event("gave_up", f"no {step.what} began within {step.timeout:g} s")
+                return
+            budget -= 1
+            if not await self._tick(_SILENT_FRAME):
+                return
+        budget = _frames_in(step.longest)
+        while not (self._playback.empty
+                   and self.now() - max(self._last_media_t, self._last_played_t) >= step.idle - 1e-9):
+            if budget <= 0:
+                self._event("gave_up", f"the {step.what} still played after {step.longest:g} s")
                 return
             budget -= 1
             if not await self._tick(_SILENT_FRAME):
@@ -660,8 +707,8 @@ async def run_call(
     url: str,
     steps: list[Step],
     *,
-    from_number: str = "+15550001111",
-    to_number: str = "+15550002222",
+    from_number: str | None = None,
+    to_number: str | None = None,
     call_sid: str | None = None,
     custom_parameters: dict[str, str] | None = None,
     auth_token: str | None = None,
@@ -682,6 +729,9 @@ async def run_call(
     cannot be set up; anything after that is recorded in the result instead.
     ``ssl_context`` is used for ``https://`` and ``wss://`` (e.g. one trusting a
     self-signed certificate); without it the system's trust store is.
+    ``from_number``/``to_number`` (default +15550001111 and +15550002222 on a webhook): on a ``ws(s)://``
+    URL, where no webhook runs, the given ones go in ``customParameters`` as ``caller`` and ``callee``,
+    as the server's TwiML would have put them.
     ``linger`` (measuring echo lines): before hanging up, send nothing more and keep
     listening until as much audio has come back as was sent, or ``linger`` seconds pass;
     without it the reply to the last frame or two is still on the wire at hang-up.
@@ -691,11 +741,13 @@ async def run_call(
     params = dict(custom_parameters or {})
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
-        form = _webhook_form(account_sid, call_sid, from_number, to_number)
+        form = _webhook_form(account_sid, call_sid, from_number or "+15550001111", to_number or "+15550002222")
         stream_url, twiml_params = await _post_webhook(url, form, auth_token, connect_timeout, ssl_context)
         params = {**twiml_params, **params}
     elif scheme in ("ws", "wss"):
         stream_url = url
+        given = {"caller": from_number, "callee": to_number}
+        params = {**{name: number for name, number in given.items() if number}, **params}
     else:
         raise CallSetupError(f"unsupported URL scheme {scheme!r} in {url!r}: use http(s):// or ws(s)://")
 
@@ -774,6 +826,14 @@ def parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     if root.tag != "Response":
         raise CallSetupError(f"TwiML root is <{root.tag}>, expected <Response>: {twiml[:200]!r}")
     stream = root.find("./Connect/Stream")
+    reject = root.find("./Reject")
+    if stream is None and reject is not None:
+        reason = reject.get("reason", "rejected")
+        raise CallSetupError(f"the line refused the call (TwiML <Reject reason={reason!r}>): the caller is "
+                             "not on the allowlist, is blocked, or is over a limit (the server's log says which)")
+    said = " ".join(" ".join(" ".join(say.itertext()) for say in root.findall("./Say")).split())
+    if stream is None and said:
+        raise CallSetupError(f"TwiML has no <Connect><Stream>: the line said {said!r} and hung up")
     if stream is None:
         one_way = root.find("./Start/Stream") is not None
         hint = " (<Start><Stream> is one-way; the bridge needs <Connect><Stream>)" if one_way else ""
