@@ -137,18 +137,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "their conformance violations are expected (server messages are still checked)")
 
 
+def _fail_on_violations(found: list[conformance.Violation], when: str) -> None:
+    if found:
+        shown = "\n".join(f"  {v}" for v in found[:CONFORMANCE_LINES])
+        more = f"\n  … and {len(found) - CONFORMANCE_LINES} more" if len(found) > CONFORMANCE_LINES else ""
+        pytest.fail(f"{len(found)} protocol conformance violation(s) {when}:\n{shown}{more}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def protocol_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test if any fake sent or received a message the SDK's own models reject (fakes/conformance.py)."""
-    conformance.take_violations()
+    _fail_on_violations(conformance.take_violations(), "recorded before this test (a fake in a wider-scoped fixture?)")
     yield
     found = conformance.take_violations()
     if request.node.get_closest_marker("invalid_client_messages"):
         found = [v for v in found if v.direction != "client"]
-    if found:
-        shown = "\n".join(f"  {v}" for v in found[:CONFORMANCE_LINES])
-        more = f"\n  … and {len(found) - CONFORMANCE_LINES} more" if len(found) > CONFORMANCE_LINES else ""
-        pytest.fail(f"{len(found)} protocol conformance violation(s):\n{shown}{more}", pytrace=False)
+    _fail_on_violations(found, "in this test")
 
 
 @pytest.fixture(scope="module")
