@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from agent_voice_bridge.security.stream_tokens import PARAMETER
-from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitQuiet, run_call
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
 from conftest import ECHO_YAML, ROOT, LiveServer, speech
 
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -98,6 +98,27 @@ def test_enabled_on_a_twilio_server_it_needs_the_key_and_its_token_passes_the_ga
         again = asyncio.run(run_call(server.ws_url, [Pause(0.2)], call_sid=line["callSid"],
                                      custom_parameters=line["parameters"]))
         assert again.close_code == 1008
+
+
+async def test_the_token_on_a_gemini_chain_opens_the_live_session_early_and_the_call_uses_it() -> None:
+    """``/phone/token`` answered 500 on an AI chain: it handed the early connection a bare SID, not the call."""
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+    from test_gemini_call import chain_yaml
+
+    async with FakeGeminiLive(script=GeminiScript()) as fake:
+        yaml_text = chain_yaml(fake, turn_detection="model", vad=False, greeting="Hello browser.")
+        with LiveServer(yaml_text.replace("about {topic}", "from the {callee}")) as server:
+            async with httpx.AsyncClient() as http:
+                answer = await http.get(f"http://127.0.0.1:{server.port}/phone/token")
+            assert answer.status_code == 200, answer.text
+            line = answer.json()
+            session = await fake.session(0)  # opened by the token request alone, for this very caller
+            assert "Caller browser called softphone from the softphone" in str(session.setup.get("systemInstruction"))
+            result = await run_call(server.ws_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.5)],
+                                    call_sid=line["callSid"], custom_parameters=line["parameters"])
+    assert len(fake.sessions) == 1, "the call used the session the token opened"
+    assert session.client_contents, "and asked for its greeting over it"
+    assert result.close_code == 1000 and result.events_of("audio_start")
 
 
 def test_a_configured_key_is_required_even_without_twilio() -> None:

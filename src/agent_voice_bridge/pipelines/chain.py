@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from loguru import logger
 from pydantic import BaseModel, ValidationError
 
+from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.errors import ConfigError, where
 from agent_voice_bridge.pipelines.fallback import build_fallback
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
@@ -86,10 +88,18 @@ class Chain:
         return max(wanted, default=0)
 
     def connect_early(self, call: CallInfo) -> None:
-        """Let stages open their remote connections while Twilio sets up the stream."""
+        """Let stages open their remote connections while Twilio sets up the stream.
+
+        Only a head start: a stage that cannot begin is logged in one line and the call opens its own
+        connection later, so the webhook that asked (``/incoming``, ``/phone/token``) still answers.
+        """
         for stage in self.stages:
             if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
-                stage.cls.connect_early(stage.params, call)
+                try:
+                    stage.cls.connect_early(stage.params, call)
+                except Exception as exc:
+                    logger.warning(f"call {call.call_sid}: {stage.name} could not connect early "
+                                   f"({exc.__class__.__name__}: {shown(exc)}); the call will connect itself")
 
 
 def _unsegmented(path: str, stages: list[ResolvedStage]) -> list[str]:

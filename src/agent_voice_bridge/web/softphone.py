@@ -33,6 +33,7 @@ from loguru import logger
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 from agent_voice_bridge.web.webhooks import STREAM_PATH
 
@@ -203,7 +204,9 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIR
         call_sid = "CA" + uuid.uuid4().hex
         parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
         parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
-        chain.connect_early(call_sid)
+        # The AI stage opens its session with this call's instructions, as /incoming does for Twilio's calls.
+        chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
+                                     callee=parameters["callee"], parameters=parameters))
         logger.info(f"call {call_sid}: softphone token issued to "
                     f"{request.client.host if request.client else 'unknown'}")
         return JSONResponse({"callSid": call_sid, "streamPath": STREAM_PATH, "parameters": parameters,
