@@ -208,6 +208,11 @@ def _cmd_calls(args: argparse.Namespace) -> int:
     if args.what not in ([], ["messages"]) and (args.what[0] != "show" or len(args.what) != 2):
         print("usage: voice-bridge calls [show CALLSID | messages]", file=sys.stderr)
         return 2
+    caller = None
+    if args.from_number is not None:
+        caller = phone_number(args.from_number, "calls")
+        if caller is None:
+            return 2
     store = _open_store(args.config)
     if store is None:
         return 1
@@ -232,20 +237,42 @@ def _cmd_calls(args: argparse.Namespace) -> int:
             return 1
         print(report)
         return 0
-    records = asyncio.run(_with_store(store, lambda s: s.recent_calls(args.limit, caller=args.from_number)))
+    records = asyncio.run(_with_store(store, lambda s: s.recent_calls(args.limit, caller=caller)))
     print(HEADER)
     for record in records:
         print(call_line(record))
     return 0
 
 
+def phone_number(text: str, command: str) -> str | None:
+    """``text`` as the stored form of a number (E.164, as every record keeps it), or None after saying why not.
+
+    One parser everywhere (``phone_numbers.e164``): ``+1 (555) 000-1111`` is the same person as
+    ``+15550001111``, and ``15550001111`` (no country code) is nobody's number rather than a silent miss.
+    """
+    from agent_voice_bridge.phone_numbers import e164
+
+    number = e164(text)
+    if number is None:
+        print(f"voice-bridge {command}: {text!r} is not a phone number: write it in E.164, a + and the "
+              "country code (e.g. +15551234567)", file=sys.stderr)
+    return number
+
+
 def _cmd_forget(args: argparse.Namespace) -> int:
+    number = phone_number(args.number, "forget")
+    if number is None:
+        return 2
     store = _open_store(args.config)
     if store is None:
         return 1
-    recordings = asyncio.run(_with_store(store, lambda s: s.forget(args.number)))
+    forgotten = asyncio.run(_with_store(store, lambda s: s.forget_caller(number)))
+    if not forgotten.calls:
+        print(f"voice-bridge forget: no calls with {number} in {store.url_for_display}: nothing deleted",
+              file=sys.stderr)
+        return 1
     removed = 0
-    for path in recordings:
+    for path in forgotten.audio_paths:
         try:
             Path(path).unlink()
             removed += 1
@@ -253,8 +280,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
             pass
         except OSError as exc:
             print(f"voice-bridge forget: could not delete {path}: {exc}", file=sys.stderr)
-    print(f"forgot {args.number}: their calls, transcripts and messages are gone; {removed} of "
-          f"{len(recordings)} audio file(s) deleted")
+    print(f"forgot {number}: deleted {forgotten.calls} call(s), {forgotten.turns} transcript turn(s), "
+          f"{forgotten.messages} voicemail message(s) and {removed} of {len(forgotten.audio_paths)} "
+          "recording file(s)")
     return 0
 
 

@@ -69,3 +69,14 @@ class Message:
     transcript: str | None = None  # None until transcribed (or with no transcriber installed)
     id: int = 0  # assigned by the store
     call_sid: str = ""  # filled in by the store's reads
+
+
+@dataclass
+class Forgotten:
+    """What ``CallStore.forget_caller`` deleted: counts a person can check, and the audio files to delete
+    (the store holds paths, not audio)."""
+
+    calls: int = 0
+    turns: int = 0
+    messages: int = 0
+    audio_paths: list[str] = field(default_factory=list)

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import tables as t
 from .engine import WRITE, create_engine, parse_store_url
-from .records import CallRecord, Message, Turn
+from .records import CallRecord, Forgotten, Message, Turn
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key serialising migrations across hosts ("avbstore" as 8 bytes; any constant would do).
@@ -213,16 +213,21 @@ class CallStore:
         """Delete every call with this number (it called, or an outbound call went to it), their turns and
         voicemail messages. Returns the recording and message audio paths those calls had; deleting the
         files is the caller's job."""
+        return (await self.forget_caller(caller)).audio_paths
+
+    async def forget_caller(self, caller: str) -> Forgotten:
+        """``forget``, saying how much went: so ``voice-bridge forget`` can tell a typo from a deletion."""
         if not caller:
-            return []
+            return Forgotten()
         sids = select(t.calls.c.call_sid).where(_party(caller))
         async with self._write() as conn:
-            await conn.execute(delete(t.turns).where(t.turns.c.call_sid.in_(sids)))
-            messages = await conn.execute(delete(t.messages).where(t.messages.c.call_sid.in_(sids))
-                                          .returning(t.messages.c.audio_path))
-            audio = [path for (path,) in messages.all() if path]
-            result = await conn.execute(delete(t.calls).where(_party(caller)).returning(t.calls.c.recording_path))
-            return [path for (path,) in result.all() if path] + audio
+            turns = await conn.execute(delete(t.turns).where(t.turns.c.call_sid.in_(sids)))
+            messages = (await conn.execute(delete(t.messages).where(t.messages.c.call_sid.in_(sids))
+                                           .returning(t.messages.c.audio_path))).all()
+            calls = (await conn.execute(delete(t.calls).where(_party(caller))
+                                        .returning(t.calls.c.recording_path))).all()
+        audio = [path for (path,) in calls if path] + [path for (path,) in messages if path]
+        return Forgotten(calls=len(calls), turns=turns.rowcount, messages=len(messages), audio_paths=audio)
 
     # ------------------------------------------------------------------ reads
 

@@ -15,6 +15,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_voice_bridge.dialing import dial, dial_problem
+from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
@@ -81,7 +82,10 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
     async def list_calls(request: Request, limit: int = Query(20, ge=1, le=500),
                          caller: str | None = None) -> dict[str, Any]:
         store = stored(request)
-        return {"calls": [as_json(r) for r in await store.recent_calls(limit, caller=caller)]}
+        number = None if caller is None else e164(caller)  # the one parser: as the records were written
+        if caller is not None and number is None:
+            raise HTTPException(status_code=400, detail=f"caller {caller!r} is not an E.164 number (+15551234567)")
+        return {"calls": [as_json(r) for r in await store.recent_calls(limit, caller=number)]}
 
     @router.get("/calls/{call_sid}")
     async def show_call(request: Request, call_sid: str) -> dict[str, Any]:
