@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -666,3 +667,97 @@ async def test_max_concurrent_calls_holds_across_two_hosts_sharing_redis(redis_u
         while (answer := verbs(await post(b.http_url, call_form(from_number="+15550100002")))) != ["Connect"]:
             assert time.monotonic() < deadline, f"host B still refuses after the call on A ended: {answer}"
             await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- browsers: DNS rebinding, Origin
+
+
+@pytest.fixture(scope="module")
+def dev_server() -> Iterator[LiveServer]:
+    """No auth token, no API key: development mode, the softphone on without a key."""
+    with LiveServer(bridge_yaml()) as server:
+        yield server
+
+
+async def get(url: str, host: str | None = None) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(url, headers={"Host": host} if host else {})
+
+
+EVIL_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example", "[::2]:{port}"]
+LOOPBACK_HOSTS = ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}", "[::1]"]
+
+
+@pytest.mark.parametrize("path, status", [("/phone", 200), ("/phone/token", 200), ("/phone/pipelines", 200),
+                                          ("/phone/static/phone.js", 200), ("/calls", 403)])
+async def test_development_server_answers_browser_paths_only_on_loopback_hosts(
+        dev_server: LiveServer, logs: list[str], path: str, status: int) -> None:
+    # A rebinding page (evil.example now resolving to 127.0.0.1) would read /phone/token and place calls.
+    assert dev_server.app.state.gate.mode == "development"
+    url = f"http://127.0.0.1:{dev_server.port}{path}"
+    for host in EVIL_HOSTS:
+        response = await get(url, host.format(port=dev_server.port))
+        assert response.status_code == 421, (host, response.text)
+        assert "localhost" in response.text
+    assert any("refused Host" in line for line in logs)
+    for host in LOOPBACK_HOSTS:  # …while every loopback name, with or without a port, still works
+        assert (await get(url, host.format(port=dev_server.port))).status_code == status, host
+
+
+async def test_development_server_with_a_public_url_answers_its_public_host() -> None:
+    with LiveServer(bridge_yaml(public_url="http://voice.example.test:8080")) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert (await get(f"{base}/phone", "voice.example.test:8080")).status_code == 200
+        assert (await get(f"{base}/phone", "other.example.test:8080")).status_code == 421
+        # Twilio's webhook is not a browser path: a development server behind a tunnel gets it under any name.
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/incoming", data=call_form(), headers={"Host": "abc.ngrok.example"})
+        assert verbs(response) == ["Connect"]
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://evil.example:{port}", "null",
+                                    "http://127.0.0.1:1", "http://localhost.evil.example:{port}"])
+async def test_a_stream_from_another_sites_page_is_refused_at_the_handshake(
+        dev_server: LiveServer, signed_server: LiveServer, logs: list[str], origin: str) -> None:
+    from agent_voice_bridge import metrics
+
+    for server in (dev_server, signed_server):
+        refused, counted = server.calls.refused, metrics.REFUSED.labels("origin")._value.get()
+        with pytest.raises(CallSetupError) as refusal:
+            await run_call(server.ws_url, [Pause(0.2)], ws_headers={"Origin": origin.format(port=server.port)})
+        assert refusal.value.status == 403
+        assert server.calls.refused == refused + 1
+        assert metrics.REFUSED.labels("origin")._value.get() == counted + 1
+    assert any("refused Origin" in line for line in logs)
+
+
+async def handshake_status(server: LiveServer, host: str, origin: str) -> int:
+    """The HTTP status of a ``/media-stream`` handshake sent to the server as ``Host: host`` (101: accepted)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))  # the name need not resolve: a rebound one
+    try:
+        async with websockets.connect(f"ws://{host}/media-stream", sock=sock, origin=origin, proxy=None):
+            return 101
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_only_the_softphones_own_page_and_twilio_open_streams(
+        dev_server: LiveServer, signed_server: LiveServer) -> None:
+    # A rebinding page: same origin as its request, but for a name development mode does not serve.
+    host = f"evil.example:{dev_server.port}"
+    assert await handshake_status(dev_server, host, f"http://{host}") == 403
+    for host in (f"localhost:{dev_server.port}", f"[::1]:{dev_server.port}"):
+        assert await handshake_status(dev_server, host, f"http://{host}") == 101
+    # Development: the page on 127.0.0.1, no token needed.
+    result = await run_call(dev_server.ws_url, [Pause(0.2)],
+                            ws_headers={"Origin": f"http://127.0.0.1:{dev_server.port}"})
+    assert result.close_code == 1000, result.timeline()
+    # Production: the public_url's origin passes the handshake; the stream token still decides.
+    sid = new_sid()
+    params = await stream_params(signed_server, sid)
+    result = await run_call(signed_server.ws_url, [Pause(0.2)], call_sid=sid, custom_parameters=params,
+                            ws_headers={"Origin": f"http://127.0.0.1:{signed_server.port}"})
+    assert result.close_code == 1000, result.timeline()
+    # Twilio: no Origin at all.
+    result = await run_call(signed_server.http_url, [Pause(0.2)], auth_token=TOKEN)
+    assert result.close_code == 1000, result.timeline()

@@ -32,6 +32,7 @@ from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
 from agent_voice_bridge.web.body_limit import BodyLimit
+from agent_voice_bridge.web.browser_guard import BrowserHostGuard, BrowserHosts
 from agent_voice_bridge.web.calls_api import calls_router
 from agent_voice_bridge.web.outbound import outbound_router
 from agent_voice_bridge.web.webhooks import STREAM_PATH, SignedWebhooks, connect_twiml
@@ -79,6 +80,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))
+    browsers = BrowserHosts(server, development=gate.mode == "development")
+    app.add_middleware(BrowserHostGuard, hosts=browsers)  # DNS rebinding: /phone*, /calls* on localhost only
     calls = CallRegistry()
     app.state.calls = calls
     app.state.chain = chain
@@ -130,6 +133,13 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
 
     @app.websocket(STREAM_PATH)
     async def media_stream(websocket: WebSocket) -> None:
+        if not browsers.origin_ok(websocket.headers):  # another site's page; Twilio sends no Origin
+            metrics.REFUSED.labels("origin").inc()
+            logger.warning(f"media stream handshake: refused Origin {shown(websocket.headers.get('origin'))} "
+                           "(only the softphone's own page may open a stream)")
+            calls.refused += 1
+            await websocket.close(code=CLOSE_POLICY)
+            return
         if gate.check_ws:
             url = public_url(websocket.url, websocket.headers, public_base=server.public_url,
                              trust_proxy=server.trust_proxy, websocket=True)
