@@ -86,10 +86,13 @@ def create_engine(target: StoreURL) -> AsyncEngine:
     """One engine (and connection pool) per process."""
     if target.backend == "postgresql":
         return create_async_engine(target.url, pool_pre_ping=True)
-    if target.sqlite_path is not None:
-        create_private(target.sqlite_path)  # 0600, and so its -wal/-shm: call records name people
     engine = create_async_engine(target.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
     _configure_sqlite(engine, wal=not target.memory)
+    path = target.sqlite_path
+    if path is not None:
+        # Before SQLite first creates the file (not when the store is made: it connects lazily): 0600, and so its
+        # -wal/-shm, since call records name people.
+        event.listen(engine.sync_engine, "do_connect", lambda *_: create_private(path))
     return engine
 
 
