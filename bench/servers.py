@@ -224,8 +224,12 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.spec.argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        # The run's own directory, not the repo: a server writes its call records (voice-bridge.db) into its
+        # working directory. PYTHONPATH keeps `-m bench.reference_server` importable from there.
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+        self.proc = subprocess.Popen(self.spec.argv, cwd=self.log_path.parent, stdout=self._log,
+                                     stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             self._wait_ready()

@@ -24,7 +24,7 @@ from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import load_wav
 from fakes import conformance
 
-pytest_plugins = ["databases"]  # tests/databases.py: PostgreSQL/SQLite fixtures
+pytest_plugins = ["databases", "worktree_guard"]  # PostgreSQL/SQLite fixtures; fail a run that writes into the tree
 
 logger.remove()
 logger.configure(extra={"call_sid": "-"})

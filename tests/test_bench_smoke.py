@@ -52,7 +52,9 @@ def test_codec_and_setup_parts_give_numbers() -> None:
 def test_load_points_against_both_servers_are_well_formed(tmp_path: Path) -> None:
     from bench.__main__ import server_spec
     from bench.load import run_point
+    from worktree_guard import changes, snapshot
 
+    before = snapshot()
     for name in ("ours", "pipecat"):
         point = run_point(server_spec(name, None), 2, 2.0, ramp=0.2, log_dir=tmp_path, quiet_wait=0.0)
         assert point["server"] == name and point["calls"] == 2
@@ -64,6 +66,8 @@ def test_load_points_against_both_servers_are_well_formed(tmp_path: Path) -> Non
         assert point["cpu_ms_per_call_s"] > 0 and point["call_seconds"] > 2.0
         assert point["latency_p50_ms"] <= point["latency_p99_ms"]
         assert isinstance(point["errors"], int) and isinstance(point["passes"], bool)
+    at_top = [path for path in changes(before, snapshot()) if "/" not in path]  # a server's working directory
+    assert at_top == [], "the servers wrote into the repo root (their call records)"
 
 
 def test_barge_in_and_report(tmp_path: Path) -> None:
