@@ -26,10 +26,11 @@ check: $(STAMP)
 tests/browser/node_modules: tests/browser/package-lock.json
 	-command -v npm >/dev/null && cd tests/browser && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
 
+# -rs: every skip says why (and how to install what it needs).
 # Most tests are calls in real time, mostly waiting: three workers (a test file each at a time) cut the
 # wall time to about a third on two cores without crowding them.
 test: $(STAMP) tests/browser/node_modules
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --ignore=tests/deploy $(ARGS)
+	$(BIN)/python -m pytest -q -rs -n 3 --dist loadfile --ignore=tests/deploy $(ARGS)
 
 # Slow (minutes, root): builds the Dockerfile with podman from a debootstrap base, runs the image's entry
 # point from its mounted root filesystem, calls it, checks the HEALTHCHECK and the systemd unit.

@@ -76,7 +76,7 @@ def postgres_url() -> Iterator[str]:
     """``postgresql://postgres@127.0.0.1:PORT/voice_bridge`` on a fresh cluster (fsync off: it is thrown away)."""
     initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it with apt-get); "
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does): "
                     "the PostgreSQL half of the storage tests is untested")
     as_user: list[str] = []
     if os.geteuid() == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-anthropic = pytest.importorskip("anthropic")
+anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is missing: pip install -e '.[test]'")
 
 from fakes.anthropic import FakeAnthropic, Reply, ToolCall
 

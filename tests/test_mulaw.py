@@ -11,7 +11,7 @@ from agent_voice_bridge.audio import mulaw
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    audioop = pytest.importorskip("audioop", reason="audioop (or audioop-lts) is the reference codec")
+    audioop = pytest.importorskip("audioop", reason="audioop is the reference codec: on Python 3.13+ pip install audioop-lts")
 
 ALL_PCM = np.arange(-32768, 32768, dtype="<i2")
 ALL_CODES = bytes(range(256))

@@ -234,13 +234,13 @@ def _read_prompt(path: Path) -> np.ndarray:
 
 @pytest.mark.skipif(
     not ASTERISK_SOUNDS.is_dir(),
-    reason=f"{ASTERISK_SOUNDS} missing (Debian package asterisk-core-sounds-en-wav)",
+    reason=f"{ASTERISK_SOUNDS} missing (apt-get install asterisk-core-sounds-en-wav)",
 )
 @pytest.mark.parametrize("prompt", ["vm-goodbye.wav", "all-circuits-busy-now.wav"])
 def test_speech_roundtrip_8k_16k_8k(prompt: str) -> None:
     path = ASTERISK_SOUNDS / prompt
     if not path.exists():
-        pytest.skip(f"{path} not installed")
+        pytest.skip(f"{path} missing (apt-get install asterisk-core-sounds-en-wav)")
     x = _read_prompt(path)
     up, down = PolyphaseResampler(8000, 16000), PolyphaseResampler(16000, 8000)
     y16 = np.frombuffer(b"".join(up.process(x[i : i + 160].tobytes()) for i in range(0, len(x), 160)), "<i2")

@@ -578,7 +578,8 @@ async def test_rate_limit_holds_across_two_worker_processes(tmp_path: Path) -> N
 def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it with apt-get); cross-host limits untested")
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does): cross-host limits "
+                    "untested")
     import redis
 
     port = free_port()

@@ -60,7 +60,7 @@ def speech(name: str) -> np.ndarray:
     """Real human telephone speech (asterisk-core-sounds-en-wav, 8 kHz 16-bit mono)."""
     path = SOUNDS / f"{name}.wav"
     if not path.exists():
-        pytest.skip(f"{path} missing: install the Debian package asterisk-core-sounds-en-wav")
+        pytest.skip(f"{path} missing (apt-get install asterisk-core-sounds-en-wav)")
     return load_wav(path)
 
 

@@ -143,11 +143,11 @@ def _node_ready() -> str | None:
     if not Path(CHROMIUM).exists():
         return f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)"
     if shutil.which("node") is None:
-        return "node is not installed (.ci/run expects Node 20 + npm)"
+        return "node is not installed (apt-get install nodejs npm; .ci/run expects Node 20 + npm)"
     if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
         npm = shutil.which("npm")
         if npm is None:
-            return "npm is not installed, so tests/browser cannot get playwright-core"
+            return "npm is not installed (apt-get install npm), so tests/browser cannot get playwright-core"
         done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER_DIR, capture_output=True,
                               text=True, timeout=180)
         if done.returncode != 0:
