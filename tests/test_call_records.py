@@ -70,7 +70,7 @@ async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Pat
     assert record.outcome == "caller_hung_up" and record.status == "completed"
     assert record.ended_at is not None and 3 < record.duration_s < 30
     assert record.barge_ins == len(result.clears) == 1
-    assert record.replies >= 1 and 300 < record.first_reply_ms < 1500
+    assert record.replies >= 1 and 300 < record.first_reply_ms < 5000
     assert record.parameters.get("caller") == CALLER and "streamToken" not in record.parameters
 
     # The same database, read back by the command line.
