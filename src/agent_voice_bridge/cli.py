@@ -267,6 +267,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     forgotten = asyncio.run(_with_store(store, lambda s: s.forget_caller(number)))
+    from agent_voice_bridge.security.limits import forget_caller_limits
+    forget_caller_limits(load_config(args.config).config, number)  # their rate-limit window, too
     if not forgotten.calls:
         print(f"voice-bridge forget: no calls with {number} in {store.url_for_display}: nothing deleted",
               file=sys.stderr)

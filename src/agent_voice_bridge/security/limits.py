@@ -14,8 +14,12 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_voice_bridge.private_files import create_private
+
+if TYPE_CHECKING:
+    from agent_voice_bridge.pipelines.config import BridgeConfig
 
 
 class LimitStore(ABC):
@@ -34,8 +38,17 @@ class LimitStore(ABC):
     async def use_once(self, token_id: str, expires_at: float) -> bool:
         """True the first time ``token_id`` is seen (until it expires), False after."""
 
+    @abstractmethod
+    async def forget(self, key: str) -> None:
+        """Drop every event recorded for ``key`` (``voice-bridge forget``: the number leaves no trace here)."""
+
     async def close(self) -> None:
         return None
+
+
+def caller_key(identity: str) -> str:
+    """The rate-limit key of a caller (an E.164 number, or a SIP/client identity as it came)."""
+    return f"caller:{identity}"
 
 
 class MemoryLimitStore(LimitStore):
@@ -72,6 +85,9 @@ class MemoryLimitStore(LimitStore):
         self._tokens[token_id] = expires_at
         return True
 
+    async def forget(self, key: str) -> None:
+        self._events.pop(key, None)
+
 
 class SQLiteLimitStore(LimitStore):
     """One file shared by the worker processes of one host."""
@@ -89,7 +105,9 @@ class SQLiteLimitStore(LimitStore):
             """)
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._path, timeout=10, isolation_level=None)
+        db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA secure_delete = ON")  # a deleted key's bytes are overwritten, not left in free pages
+        return db
 
     def _transaction(self, fn, *args):
         with self._connect() as db:
@@ -140,6 +158,18 @@ class SQLiteLimitStore(LimitStore):
     async def use_once(self, token_id: str, expires_at: float) -> bool:
         return await asyncio.to_thread(self._transaction, self._use_once, token_id, expires_at)
 
+    async def forget(self, key: str) -> None:
+        await asyncio.to_thread(self._transaction, lambda db, now: db.execute("DELETE FROM events WHERE key = ?",
+                                                                               (key,)))
+        await asyncio.to_thread(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it: the deleted rows' old copies live on in the WAL until then."""
+        with self._connect() as db:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError(f"{self._path}: a reader kept the WAL from being truncated; try again")
+
 
 _HIT = """
 local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -185,6 +215,9 @@ class RedisLimitStore(LimitStore):
         ttl = max(int(expires_at - time.time()) + 1, 1)
         return bool(await self._redis.set(f"{self._prefix}token:{token_id}", 1, nx=True, ex=ttl))
 
+    async def forget(self, key: str) -> None:
+        await self._redis.delete(f"{self._prefix}rate:{key}")
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -207,3 +240,23 @@ def open_store(spec: str, port: int) -> LimitStore:
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisLimitStore(spec)
     raise ValueError(f"security.store: unknown store {spec!r} (memory, sqlite, sqlite:///path, redis://…)")
+
+
+def forget_caller_limits(config: BridgeConfig, number: str) -> bool:
+    """Clear ``number``'s rate-limit window in the store ``security.store`` names (for ``voice-bridge forget``).
+
+    False for ``memory``: that store lives inside the serving process, out of a command's reach (its window
+    expires on its own after ``security.rate_limit.per_seconds``).
+    """
+    if config.security.store == "memory":
+        return False
+
+    async def run() -> None:
+        store = open_store(config.security.store, config.server.port)
+        try:
+            await store.forget(caller_key(number))
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    return True

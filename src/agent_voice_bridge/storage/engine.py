@@ -109,6 +109,7 @@ def _configure_sqlite(engine: AsyncEngine, wal: bool) -> None:
         if wal:
             cursor.execute("PRAGMA journal_mode = WAL")  # persistent in the file; a no-op once set
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA secure_delete = ON")  # forget: deleted rows are overwritten, not left in free pages
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

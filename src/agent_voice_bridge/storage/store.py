@@ -143,6 +143,19 @@ class CallStore:
         """Close the pooled connections."""
         await self._engine.dispose()
 
+    async def truncate_wal(self) -> None:
+        """Checkpoint SQLite's WAL into the file and truncate it to nothing (a no-op elsewhere).
+
+        A deleted row's earlier versions stay in the ``-wal`` file until its frames are reused; after ``forget``
+        they must not outlive the delete. (``secure_delete`` overwrites the freed pages in the file itself.)
+        """
+        if self._target.sqlite_path is None:
+            return
+        async with self._lock or nullcontext(), self._engine.connect() as conn:
+            busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        if busy:
+            raise RuntimeError(f"{self._target.sqlite_path}: a reader kept the WAL from being truncated; try again")
+
     # ------------------------------------------------------------------ writes
 
     async def start_call(self, record: CallRecord) -> None:
@@ -226,6 +239,7 @@ class CallStore:
                                            .returning(t.messages.c.audio_path))).all()
             calls = (await conn.execute(delete(t.calls).where(_party(caller))
                                         .returning(t.calls.c.recording_path))).all()
+        await self.truncate_wal()  # the deleted rows' old copies are in the WAL until then
         audio = [path for (path,) in calls if path] + [path for (path,) in messages if path]
         return Forgotten(calls=len(calls), turns=turns.rowcount, messages=len(messages), audio_paths=audio)
 
