@@ -140,3 +140,25 @@ async def test_the_readme_call_against_the_claude_cascade_waits_for_its_thinking
     [line] = utterance_lines(out)
     assert "reply after" in line and "gave up" not in out, out
     assert len(requests) == 1 and requests[0].completed, "Claude's reply streamed to the end"
+
+
+async def test_the_readme_call_against_the_shipped_gemini_chain_waits_for_a_slow_reply(capsys) -> None:
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+
+    shipped = (ROOT / "pipelines" / "gemini.yaml").read_text()
+    thinks = 2.0  # before every answer, the greeting too: inside --greeting-wait's 4 s with room to spare
+    async with FakeGeminiLive(script=GeminiScript(latency_ms=thinks * 1000)) as fake:
+        yaml_text = shipped.replace("      api_key: ${GEMINI_API_KEY}\n", (
+            f"      api_key: test-key\n      base_url: {fake.base_url}\n      api_version: v1beta\n"
+            f"      ca_file: {fake.ca_path}\n"))
+        with LiveServer(yaml_text, "pipelines/gemini.yaml") as server:
+            capsys.readouterr()
+            code = await run_cli("call", server.ws_url, "--wav", HELLO)
+            out = capsys.readouterr().out
+            server.wait_idle(finished=1)
+    print(out)
+    assert code == 0
+    assert "  clear " not in out, "the caller spoke over the greeting"
+    [line] = utterance_lines(out)
+    latency = re.search(r"reply after (\d+) ms", line)
+    assert latency and int(latency.group(1)) >= thinks * 1000 and "gave up" not in out, out
