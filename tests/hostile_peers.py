@@ -68,12 +68,59 @@ async def slow_headers(url: str, until: float) -> dict:
     return {"code": ended, "sent": lines}
 
 
+BIG_BODY_BYTES = 48 * 1024 * 1024
+
+
+async def big_bodies(url: str, chunked: bool, until: float) -> dict:
+    """POST /incoming a 48 MB multipart form, again and again: with Content-Length, or chunked without one.
+
+    The server must answer 413 without reading it; a reader runs beside the writer so the answer is seen
+    the moment it comes (and the writer stops), as a client that honours an early response would.
+    """
+    parts = urlsplit(url)
+    boundary = uuid.uuid4().hex
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {BIG_BODY_BYTES}"
+    head = (f"POST /incoming HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n\r\n").encode()
+    piece = (f'--{boundary}\r\nContent-Disposition: form-data; name="From"\r\n\r\n').encode() + b"A" * 65536
+    codes, sent = [], 0
+
+    async def write(writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        written = 0
+        while written < BIG_BODY_BYTES:
+            data = piece[: BIG_BODY_BYTES - written]
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data)
+            await writer.drain()
+            written += len(data)
+            sent += len(data)
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+
+    while time.monotonic() < until:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(head)
+        sender = asyncio.ensure_future(write(writer))
+        try:
+            status = await asyncio.wait_for(reader.readline(), 10)
+            codes.append(int(status.split()[1]) if status else "dropped")
+        except (ConnectionError, OSError, asyncio.TimeoutError, IndexError, ValueError):
+            codes.append("dropped")
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.close()
+    return {"code": codes[0] if len(set(codes)) == 1 else codes, "sent": sent, "requests": len(codes)}
+
+
 async def main(kind: str, url: str, count: int, seconds: float) -> None:
     until = time.monotonic() + seconds
     if kind == "connected":
         jobs = [flood(url, [], [CONNECTED], until) for _ in range(count)]
     elif kind == "mark-dtmf":
         jobs = [flood(url, [CONNECTED, start_message()], [MARK, DTMF], until) for _ in range(count)]
+    elif kind == "big-bodies":
+        http_url = url.replace("ws://", "http://", 1)
+        jobs = [big_bodies(http_url, chunked=i % 2 == 1, until=until) for i in range(count)]
     elif kind == "slow-headers":
         jobs = [slow_headers(url, until) for _ in range(count)]
     else:
