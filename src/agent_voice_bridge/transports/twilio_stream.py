@@ -23,7 +23,6 @@ from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agent_voice_bridge.log_values import shown
-
 from agent_voice_bridge.transports.twilio_protocol import (
     Connected,
     Dtmf,
@@ -124,9 +123,7 @@ class TwilioMediaStream:
                 return None
             if self.start is None:
                 event = await self._before_start(text)
-                if event is None and self.closed:
-                    return None
-                if event is not None:
+                if event is not None or self.closed:
                     return event
                 continue
             try:
