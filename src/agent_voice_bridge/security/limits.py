@@ -229,14 +229,22 @@ def default_sqlite_path(port: int) -> Path:
     return Path(state or ".") / f"voice-bridge-limits-{port}.sqlite"
 
 
+def sqlite_path(spec: str, port: int) -> Path | None:
+    """The file a ``sqlite`` or ``sqlite:///path`` store keeps its limits in; None for other stores."""
+    if spec == "sqlite":
+        return default_sqlite_path(port)
+    if spec.startswith("sqlite:///"):
+        return Path(spec.removeprefix("sqlite:///"))
+    return None
+
+
 def open_store(spec: str, port: int) -> LimitStore:
     """``memory``, ``sqlite`` (a file per port in the state directory), ``sqlite:///path`` or ``redis://…``."""
     if spec == "memory":
         return MemoryLimitStore()
-    if spec == "sqlite":
-        return SQLiteLimitStore(default_sqlite_path(port))
-    if spec.startswith("sqlite:///"):
-        return SQLiteLimitStore(spec.removeprefix("sqlite:///"))
+    path = sqlite_path(spec, port)
+    if path is not None:
+        return SQLiteLimitStore(path)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisLimitStore(spec)
     raise ValueError(f"security.store: unknown store {spec!r} (memory, sqlite, sqlite:///path, redis://…)")
@@ -245,11 +253,14 @@ def open_store(spec: str, port: int) -> LimitStore:
 def forget_caller_limits(config: BridgeConfig, number: str) -> bool:
     """Clear ``number``'s rate-limit window in the store ``security.store`` names (for ``voice-bridge forget``).
 
-    False for ``memory``: that store lives inside the serving process, out of a command's reach (its window
-    expires on its own after ``security.rate_limit.per_seconds``).
+    False when there is nothing to clear: a sqlite file no server has made yet, or ``memory``, which lives inside
+    the serving process, out of a command's reach (its window expires after ``security.rate_limit.per_seconds``).
     """
     if config.security.store == "memory":
         return False
+    path = sqlite_path(config.security.store, config.server.port)
+    if path is not None and not path.exists():
+        return False  # no server has kept limits there: nothing to clear, and no file to create
 
     async def run() -> None:
         store = open_store(config.security.store, config.server.port)
