@@ -221,8 +221,8 @@ async def go_away_call(fake: FakeGeminiLive):
 
 
 async def test_go_away_mid_reply_switches_sessions_at_the_turn_end_without_loss(log_lines: list[str]) -> None:
-    # Resuming takes the server 300 ms: 15 frames of caller audio arrive while the new session opens.
-    script = GeminiScript(go_away_at_reply_ms=300, go_away_time_left=6.0, resume_setup_delay_ms=300)
+    # Resuming takes the server 600 ms: 30 frames of caller audio arrive while the new session opens.
+    script = GeminiScript(go_away_at_reply_ms=300, go_away_time_left=6.0, resume_setup_delay_ms=600)
     async with FakeGeminiLive(script=script) as fake:
         result, record = await go_away_call(fake)
         assert len(fake.sessions) == 2, fake.summary()
@@ -243,7 +243,8 @@ async def test_go_away_mid_reply_switches_sessions_at_the_turn_end_without_loss(
     received = first.audio_ms() - first.audio_ms_at_go_away + second.audio_ms()
     sent = caller_ms_after(result, first.go_away_at)
     print(f"caller audio after goAway: sent {sent:.0f} ms, received {received:.0f} ms")
-    assert sent - 100 <= received <= sent + 100, (sent, received)
+    # (250 ms of slack for frames in flight on a loaded box; losing the 600 ms resume is what this catches)
+    assert sent - 250 <= received <= sent + 100, (sent, received)
     # And the switch is counted, in the record and the summary line.
     assert record.session_switches == 1
     assert any("ended:" in line and "session_switches=1" in line for line in log_lines)
