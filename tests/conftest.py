@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import tempfile
@@ -23,6 +24,9 @@ from agent_voice_bridge.serving import DrainingServer, uvicorn_config
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import load_wav
 from fakes import conformance
+
+# Hypothesis keeps its example database and constants cache here, not in a .hypothesis/ of the working tree.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "voice-bridge-hypothesis"))
 
 pytest_plugins = ["databases", "worktree_guard"]  # PostgreSQL/SQLite fixtures; fail a run that writes into the tree
 

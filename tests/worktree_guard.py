@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHES = frozenset({".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "node_modules", ".fixtures",
+CACHES = frozenset({".git", ".venv", "__pycache__", ".pytest_cache", "node_modules", ".fixtures",
                     ".mypy_cache", ".ruff_cache"})
 """Directories tools keep their caches in (tests/.fixtures caches generated speech): not test output."""
 
