@@ -7,6 +7,8 @@ line, and each ``${VAR}`` is expanded where it stands (see :mod:`.env`).
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.pipelines import env as envvars
 from agent_voice_bridge.pipelines.config import BridgeConfig
-from agent_voice_bridge.pipelines.errors import ConfigError, where
+from agent_voice_bridge.pipelines.errors import ConfigError, unknown_name, where
 from agent_voice_bridge.security.mode import mode_problems
 
 DEFAULT_CHAIN = [
@@ -68,9 +70,7 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise ConfigError([f"{where(path, line)}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+        raise ConfigError([_syntax_error(path, exc)]) from exc
     finally:
         loader.dispose()
     if root is None:
@@ -153,10 +153,54 @@ def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+_TOKEN_NAMES = {"'<block sequence start>'": "'-'", "'<block mapping start>'": "a new key"}
+"""PyYAML's names for tokens that stand for something the user typed."""
+
+
+def _syntax_error(path: str, exc: yaml.YAMLError) -> str:
+    """Both of PyYAML's marks: where the construct began (context) and where it broke (problem).
+
+    The problem mark is only where the parser gave up; the mistake is often at the context
+    mark (an unclosed ``[``) or between the two (a line indented one space too little).
+    """
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"{path}: not valid YAML: {exc}"
+    problem = exc.problem or "cannot parse"
+    for token, typed in _TOKEN_NAMES.items():
+        problem = problem.replace(token, typed)
+    if "'\\t'" in problem:
+        problem += " (indent with spaces, not tabs)"
+    problem_line = exc.problem_mark.line + 1 if exc.problem_mark else None
+    context_line = exc.context_mark.line + 1 if exc.context_mark else None
+    if exc.context and context_line and context_line != problem_line:
+        return f"{where(path, context_line)}: not valid YAML: {exc.context} ... {where(path, problem_line)}: {problem}"
+    context = f"{exc.context}: " if exc.context else ""
+    return f"{where(path, problem_line)}: not valid YAML: {context}{problem}"
+
+
 def _validation_line(path: str, root: yaml.Node, err: Any) -> str:
     loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        section = _model_at(BridgeConfig, loc[:-1])
+        if section is not None:
+            prefix = f"{_dotted(loc[:-1])}: " if loc[:-1] else ""
+            return f"{where(path, _line_of(root, loc))}: {prefix}{unknown_name(loc[-1], section.model_fields, 'key')}"
     # Never echo the input value: it may be a secret.
     return f"{where(path, _line_of(root, loc))}: {_dotted(loc) or 'file'}: {err['msg']}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model a validation error's location points into (``("server", "tls")`` → TlsConfig)."""
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        annotation = field.annotation if field is not None else None
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        models = [t for t in (typing.get_args(annotation) if union else (annotation,))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -11,6 +11,8 @@ from functools import cache
 
 from pipecat.processors.frame_processor import FrameProcessor
 
+from agent_voice_bridge.pipelines.errors import unknown_name
+
 STAGES: dict[str, str] = {
     "twilio.input": "agent_voice_bridge.transports.twilio_input:TwilioInput",
     "twilio.output": "agent_voice_bridge.transports.twilio_output:TwilioOutput",
@@ -48,8 +50,7 @@ def resolve(name: str) -> type:
     """The processor class for a stage name or a ``package.module:Class`` path."""
     target = STAGES.get(name)
     if target is None and not is_import_path(name):
-        known = ", ".join(sorted(STAGES))
-        raise UnknownStage(f"unknown stage {name!r}; known stages: {known}, or a package.module:Class path")
+        raise UnknownStage(unknown_name(name, STAGES, "stage", also="or a package.module:Class path"))
     module_name, _, attr = (target or name).partition(":")
     try:
         module = importlib.import_module(module_name)
