@@ -297,6 +297,39 @@ async def test_clear_drops_queue_and_echoes_pending_marks() -> None:
     assert bridge.messages[-1]["event"] == "stop"
 
 
+async def test_timeline_gives_a_replys_marks_one_line() -> None:
+    """A mark per 20 ms frame would be 40 timeline lines for one echoed word: each reply's marks are one line."""
+    bridge = FakeBridge(echo_delay=0.2)
+    result = await call(bridge, [Pause(0.2), Say(speech("vm-goodbye"), "goodbye"), WaitHeard(), WaitQuiet(idle=0.3)],
+                        tail=0.1)
+    assert bridge.errors == [] and len(bridge.marks_sent) >= 10
+
+    text = result.timeline()
+    lines = text.splitlines()
+    n = len(bridge.marks_sent)
+    assert [line.split()[2:] for line in lines if " s  mark" in line] == [["marks", f"{n}/{n}", "echoed"]], text
+    assert "heard audio in" not in text and " s of audio; close code 1000" in text
+    detailed = result.timeline(every_mark=True)
+    assert sum(" mark " in line for line in detailed.splitlines()) == n, "every_mark lists each echo"
+
+
+async def test_timeline_says_how_a_cleared_replys_marks_came_back() -> None:
+    hello = speech("hello-world")
+
+    async def talk(b: FakeBridge, ws: ServerConnection) -> None:
+        for i, piece in enumerate(np.array_split(hello, 7)):
+            await b.send_audio(ws, piece, f"reply:{i}")
+
+    async def barge_in(b: FakeBridge, ws: ServerConnection) -> None:
+        await b.send(ws, "clear")
+
+    bridge = FakeBridge(echo_delay=None, hooks={1: talk, "speech": barge_in})
+    result = await call(bridge, [Pause(0.3), Say(speech("vm-goodbye"), "barge-in"), WaitQuiet(idle=0.2)], tail=0.1)
+    played = sum("played" in e.detail for e in result.events_of("mark"))
+    marks = [line for line in result.timeline().splitlines() if " s  mark" in line]
+    assert len(marks) == 1 and marks[0].endswith(f"marks             7/7 echoed ({played} played, {7 - played} cleared)")
+
+
 async def test_media_right_after_clear_counts_as_stale() -> None:
     """Audio sent just after a clear belongs to the interrupted turn; later audio does not count."""
     tone = (8000 * np.sin(np.arange(800) * 2 * np.pi * 440 / 8000)).astype(np.int16)

@@ -35,7 +35,7 @@ import ssl
 import uuid
 import wave
 import xml.etree.ElementTree as ET
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from os import PathLike
@@ -236,10 +236,15 @@ class CallResult:
             latencies.append(round(tc - onsets[-1], 6) if onsets else math.nan)
         return latencies
 
-    def timeline(self) -> str:
-        """A readable account of the call: every event, then latencies and counters."""
+    def timeline(self, *, every_mark: bool = False) -> str:
+        """A readable account of the call: its events, then latencies and counters.
+
+        A reply's marks are one line (``marks 16/16 echoed``): one per 100 ms of audio would
+        bury the events that matter. ``every_mark`` lists each echo instead, for debugging.
+        """
         lines = [f"call {self.call_sid}  stream {self.stream_sid}"]
-        lines += [f"{e.t:8.3f} s  {e.kind:<17} {e.detail}".rstrip() for e in self.events]
+        events = self.events if every_mark else self._marks_summarised()
+        lines += [f"{e.t:8.3f} s  {e.kind:<17} {e.detail}".rstrip() for e in events]
         lines.append("summary:")
         for i, ((on, off), lat) in enumerate(zip(self.utterances, self.reply_latencies()), 1):
             reply = "no reply" if math.isnan(lat) else f"reply after {lat * 1000:.0f} ms"
@@ -256,10 +261,39 @@ class CallResult:
             f"stale after clear: {self.stale_media_after_clear} B"
         )
         lines.append(
-            f"  sent {len(self.sent) / SAMPLE_RATE:.2f} s; heard audio in "
-            f"{_count_loud_frames(self.heard) * FRAME_SECONDS:.2f} s; close code {self.close_code}"
+            f"  sent {len(self.sent) / SAMPLE_RATE:.2f} s; heard "
+            f"{_count_loud_frames(self.heard) * FRAME_SECONDS:.2f} s of audio; close code {self.close_code}"
         )
         return "\n".join(lines)
+
+    def _marks_summarised(self) -> list[CallEvent]:
+        """The events with each reply's mark echoes folded into one ``marks`` event at the last echo.
+
+        A reply's marks are those echoed from its ``audio_start`` to the next one (a ``clear`` echoes
+        the pending ones at once). Marks received but never echoed (the call ended first) are the
+        latest reply's, so they count in its total.
+        """
+        groups: list[list[CallEvent]] = [[]]
+        others: list[CallEvent] = []
+        for event in self.events:
+            if event.kind == "audio_start" and groups[-1]:
+                groups.append([])
+            if event.kind == "mark":
+                groups[-1].append(event)
+            else:
+                others.append(event)
+        groups = [g for g in groups if g]
+        unechoed = self.marks_received - len(self.marks_echoed)
+        summaries = []
+        for i, group in enumerate(groups):
+            total = len(group) + (unechoed if i == len(groups) - 1 else 0)
+            why = Counter(e.detail.rpartition(" (")[2].rstrip(")") if e.detail.endswith(")") else "echoed"
+                          for e in group)
+            how = "" if set(why) == {"played"} else f" ({', '.join(f'{n} {w}' for w, n in why.items())})"
+            summaries.append(CallEvent(group[-1].t, "marks", f"{len(group)}/{total} echoed{how}"))
+        if unechoed and not groups:
+            summaries.append(CallEvent(self.events[-1].t if self.events else 0.0, "marks", f"0/{unechoed} echoed"))
+        return sorted(others + summaries, key=lambda e: e.t)
 
 
 class CallSetupError(RuntimeError):
