@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.assets import spoken
+from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.handover import move_to_fallback, take_over
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.builder import build_pipeline
@@ -44,6 +45,8 @@ class LiveCall:
     """A running call and the handles to end it from outside (shutdown, time limit, the AI's end_call)."""
 
     info: CallInfo
+    chain: Chain
+    """The chain this call was given when it started: it runs it to the end, whatever the server swaps in."""
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     worker: PipelineWorker | None = None
     goodbye: bytes | None = None
@@ -111,8 +114,9 @@ class CallRegistry:
         await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))
 
 
-async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate: CallGate,
+async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistry, gate: CallGate,
                    config: BridgeConfig, storage: CallStore | None = None) -> None:
+    """Run the call on this stream with the chain ``chains`` gives it now; it keeps that chain to its end."""
     stream = TwilioMediaStream(websocket)
     try:
         start = await stream.wait_for_start(START_TIMEOUT_SECS)
@@ -138,7 +142,8 @@ async def run_call(websocket: WebSocket, chain: Chain, calls: CallRegistry, gate
                     callee=params.get("callee", ""), parameters=params, stream=stream)
     if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello":
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
-    live = LiveCall(info, config.twilio)
+    chain = chains.chain_for(info.line_number)
+    live = LiveCall(info, chain, config.twilio)
     info.hang_up = live.hang_up_after_playback
     info.retract_hang_up = live.retract_hang_up
     info.end = live.end

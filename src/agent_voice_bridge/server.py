@@ -1,7 +1,7 @@
 """The HTTP face of the bridge: ``POST /incoming`` (TwiML), ``WS /media-stream``, ``GET /healthz``.
 
-The server knows nothing about which stages exist: it holds one checked
-:class:`Chain` and builds a fresh pipeline from it for every call. Every Twilio
+The server knows nothing about which stages exist: it asks its :class:`ChainSource`
+which checked chain each call gets, and builds a fresh pipeline from it for that call. Every Twilio
 webhook goes through :class:`SignedWebhooks` (the signature), every call through
 the :class:`CallGate` (policy, limits, stream token).
 """
@@ -18,6 +18,7 @@ from loguru import logger
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.call_session import CallRegistry, run_call
+from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -59,7 +60,8 @@ def open_storage(config: BridgeConfig) -> CallStore | None:
 
 def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None,
                storage: CallStore | None = None) -> FastAPI:
-    """The app for one chain. ``storage`` defaults to ``storage.url`` from the config (None: keep nothing)."""
+    """The app serving ``chain`` (swap it with ``app.state.chains``). ``storage`` defaults to ``storage.url`` from
+    the config (None: keep nothing)."""
     storage = storage if storage is not None else open_storage(config)
 
     @contextlib.asynccontextmanager
@@ -77,6 +79,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
 
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # every route, before any parsing
+    chains = ChainSource(chain)
     chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))
@@ -84,7 +87,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     app.add_middleware(BrowserHostGuard, hosts=browsers)  # DNS rebinding: /phone*, /calls* on localhost only
     calls = CallRegistry()
     app.state.calls = calls
-    app.state.chain = chain
+    app.state.chains = chains
     app.state.gate = gate
     app.state.storage = storage
     webhooks = SignedWebhooks(gate, server)
@@ -99,7 +102,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     async def healthz() -> dict:
         return {"status": "draining" if app.state.draining else "ok", "live_calls": len(calls.live),
                 "finished_calls": calls.finished, "refused_streams": calls.refused, "pid": os.getpid(),
-                "pipeline": chain.source, "security": gate.mode,
+                "pipeline": chains.current.source, "security": gate.mode,
                 **({"warning": DEVELOPMENT_WARNING} if gate.mode == "development" else {})}
 
     @app.post("/incoming")
@@ -110,6 +113,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             return Response("shutting down", status_code=503)
         form = await webhooks.form(request)
         call_sid = form.get("CallSid", "")
+        chain = chains.chain_for(form.get("To", ""))
         refusal = await gate.admit(form)
         if refusal is not None:
             metrics.REFUSED.labels(refusal.kind).inc()
@@ -151,11 +155,11 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
                 await websocket.close(code=CLOSE_POLICY)
                 return
         await websocket.accept()
-        await run_call(websocket, chain, calls, gate, config, storage)
+        await run_call(websocket, chains, calls, gate, config, storage)
 
-    app.include_router(softphone_router(config, gate, chain))
-    app.include_router(calls_router(config, storage, chain))
-    app.include_router(outbound_router(config, gate, webhooks, chain, storage))
+    app.include_router(softphone_router(config, gate, chains))
+    app.include_router(calls_router(config, storage, chains))
+    app.include_router(outbound_router(config, gate, webhooks, chains, storage))
     return app
 
 

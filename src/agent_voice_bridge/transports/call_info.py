@@ -75,6 +75,11 @@ class CallInfo:
         """The number of the person on the line: the caller, or the callee of a call we placed."""
         return self.callee if self.direction == "outbound" else self.caller
 
+    @property
+    def line_number(self) -> str:
+        """The bridge's own number on this call (which line it is): the callee, or the caller of a call we placed."""
+        return self.caller if self.direction == "outbound" else self.callee
+
     def facts(self) -> dict[str, str]:
         """Template values for instructions and greetings: every <Parameter> plus the basics."""
         return {**self.parameters, "caller": self.caller, "callee": self.callee, "call_sid": self.call_sid,

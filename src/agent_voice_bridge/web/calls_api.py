@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_voice_bridge.dialing import dial, dial_problem
 from agent_voice_bridge.phone_numbers import e164
-from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
 from agent_voice_bridge.storage.records import Message
@@ -39,7 +39,7 @@ class DialRequest(BaseModel):
                                        "{placeholders}: why we are calling, for whom…")
 
 
-def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) -> APIRouter:
+def calls_router(config: BridgeConfig, storage: CallStore | None, chains: ChainSource) -> APIRouter:
     router = APIRouter()
     api_key = config.server.api_key or None
 
@@ -68,7 +68,8 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chain: Chain) 
         if problem:
             raise HTTPException(status_code=503, detail=problem)
         try:
-            placed = await dial(config, store, body.to, body.parameters, chain.source)
+            line = chains.chain_for(config.twilio.phone_number)  # the number it calls from
+            placed = await dial(config, store, body.to, body.parameters, line.source)
         except (TwilioUnreachable, TwilioRefused) as exc:  # Twilio's trouble, not the request's: one line, no trace
             logger.warning(f"dialling failed: {exc}")
             raise HTTPException(status_code=503 if isinstance(exc, TwilioUnreachable) else 502,

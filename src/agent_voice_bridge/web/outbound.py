@@ -17,7 +17,7 @@ from loguru import logger
 from twilio.twiml.voice_response import VoiceResponse
 
 from agent_voice_bridge.dialing import ANSWER_PATH, RESERVED, STATUS_PATH
-from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
@@ -36,7 +36,7 @@ def machine_twiml(say: str | None) -> str:
     return str(response)
 
 
-def outbound_router(config: BridgeConfig, gate: CallGate, webhooks: SignedWebhooks, chain: Chain,
+def outbound_router(config: BridgeConfig, gate: CallGate, webhooks: SignedWebhooks, chains: ChainSource,
                     storage: CallStore | None) -> APIRouter:
     router = APIRouter()
     on_machine = config.outbound.on_machine.say
@@ -66,8 +66,9 @@ def outbound_router(config: BridgeConfig, gate: CallGate, webhooks: SignedWebhoo
             parameters["answeredBy"] = answered_by
         parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
         if call_sid:
-            chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
-                                         callee=parameters["callee"], parameters=parameters))
+            early = CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
+                             callee=parameters["callee"], parameters=parameters)
+            chains.chain_for(early.line_number).connect_early(early)
         logger.info(f"call {call_sid}: {form.get('To', '?')} answered{f' ({answered_by})' if answered_by else ''}")
         return Response(connect_twiml(webhooks.stream_url(request), parameters), media_type="application/xml")
 

@@ -30,6 +30,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
 
+from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
@@ -131,7 +132,7 @@ def pipeline_listing(chain: Chain) -> dict[str, Any]:
     }
 
 
-def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIRouter:
+def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) -> APIRouter:
     router = APIRouter()
     enabled = softphone_enabled(config)
     api_key = config.server.api_key or None
@@ -193,7 +194,7 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIR
     @router.get("/phone/pipelines", include_in_schema=False)
     async def phone_pipelines(request: Request) -> JSONResponse:
         authorised(request)
-        return JSONResponse(pipeline_listing(chain), headers={"Cache-Control": "no-store"})
+        return JSONResponse(pipeline_listing(chains.current), headers={"Cache-Control": "no-store"})
 
     @router.get("/phone/token", include_in_schema=False)
     async def phone_token(request: Request) -> JSONResponse:
@@ -204,6 +205,7 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chain: Chain) -> APIR
         call_sid = "CA" + uuid.uuid4().hex
         parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
         parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
+        chain = chains.chain_for(parameters["callee"])
         # The AI stage opens its session with this call's instructions, as /incoming does for Twilio's calls.
         chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
                                      callee=parameters["callee"], parameters=parameters))
