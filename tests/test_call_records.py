@@ -83,6 +83,7 @@ async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Pat
     assert await run_cli("calls", "show", result.call_sid, "-c", str(config)) == 0
     shown = capsys.readouterr().out
     assert f"from {CALLER} to {LINE}" in shown and "barge-ins 1" in shown
+    assert not [line for line in shown.splitlines() if line.rstrip().endswith("AI:")], f"an empty AI line:\n{shown}"
     assert await run_cli("calls", "show", "CAnope", "-c", str(config)) == 1
 
 

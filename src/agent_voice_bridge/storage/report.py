@@ -66,8 +66,11 @@ def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Messag
     ]
     if record.recording_path:
         lines.append(f"recording  {record.recording_path}")
-    lines.append("transcript" if turns else "transcript (none)")
-    lines.extend(turn_line(t) for t in turns)
+    # A turn with no words (the echo line's replies, a model without transcription) would print an empty
+    # ``AI:`` line; the replies and barge-ins above already count it.
+    worded = [t for t in turns if t.text.strip()]
+    lines.append("transcript" if worded else "transcript (none)")
+    lines.extend(turn_line(t) for t in worded)
     if messages:
         lines.append("voicemail")
         lines.extend(message_detail(m) for m in messages)
