@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -53,6 +54,9 @@ def test_local_server_serves_the_page_without_a_key(echo_server: LiveServer) -> 
     page = httpx.get(f"{base}/phone")
     assert page.status_code == 200 and "softphone" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', page.text)
+    assert icon and icon[1].startswith("data:"), "an inline icon, or the browser asks for /favicon.ico (a 404)"
+    assert "data:" in page.headers["content-security-policy"].partition("img-src")[2].partition(";")[0]
     for name in ("phone.js", "phone-worklet.js", "phone.css"):
         assert httpx.get(f"{base}/phone/static/{name}").status_code == 200
     assert httpx.get(f"{base}/phone/static/../server.py").status_code == 404
