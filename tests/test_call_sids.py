@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ECHO_YAML, LiveServer, speech
 
-from agent_voice_bridge.storage.call_storage import open_recorder
+from agent_voice_bridge.calls.records import open_recorder
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitQuiet, run_call
 

@@ -242,7 +242,7 @@ def test_embedded_defaults_are_the_ready_chains() -> None:
 ])
 def test_serve_picks_the_backend_whose_key_is_set(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
                                                   expected: str) -> None:
-    from agent_voice_bridge.cli import default_chain_name
+    from agent_voice_bridge.configuration import default_chain_name
 
     for key in ("GEMINI_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(key, raising=False)

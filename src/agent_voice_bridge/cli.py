@@ -12,8 +12,9 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent_voice_bridge.configuration import load_config
 from agent_voice_bridge.pipelines.errors import ConfigError
-from agent_voice_bridge.pipelines.loader import LoadedConfig, load_default, load_file
+from agent_voice_bridge.pipelines.loader import LoadedConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,30 +25,12 @@ if TYPE_CHECKING:
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
-DEFAULT_CHAINS = (("GEMINI_API_KEY", "gemini.yaml"), ("OPENAI_API_KEY", "openai.yaml"),
-                  ("ANTHROPIC_API_KEY", "claude.yaml"))
-
-
-def default_chain_name() -> str:
-    """The built-in chain for whichever AI key is in the environment, else the offline echo line."""
-    return next((name for key, name in DEFAULT_CHAINS if os.environ.get(key)), "echo.yaml")
-
-
 def usable_cores() -> int:
     """One worker per core: a process runs its calls on one core (the event loop)."""
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def load_config(path: str | None) -> LoadedConfig:
-    """``-c FILE``, else ./pipeline.yaml, else the built-in chain for the AI key that is set."""
-    if path:
-        return load_file(path)
-    if Path("pipeline.yaml").exists():
-        return load_file("pipeline.yaml")
-    return load_default(default_chain_name())
 
 
 def load_chain(path: str | None) -> tuple[LoadedConfig, Chain] | None:

@@ -17,10 +17,12 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from loguru import logger
 
 from agent_voice_bridge import metrics
-from agent_voice_bridge.call_session import CallRegistry, run_call
+from agent_voice_bridge.calls.records import recall, record_refusal
+from agent_voice_bridge.calls.registry import CallRegistry
+from agent_voice_bridge.calls.session import run_call
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
-from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.chain import Chain, build_chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.limits import LimitStore, open_store
@@ -28,7 +30,6 @@ from agent_voice_bridge.security.mode import DEVELOPMENT_WARNING
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.services import message_transcriber
 from agent_voice_bridge.storage import CallStore
-from agent_voice_bridge.storage.call_storage import recall, record_refusal
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
 from agent_voice_bridge.web import softphone_router
@@ -165,8 +166,7 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
 
 def app_from_environment() -> FastAPI:
     """uvicorn factory for ``serve --workers N``: each worker process loads the same file."""
-    from agent_voice_bridge.cli import load_config
-    from agent_voice_bridge.pipelines.chain import build_chain
+    from agent_voice_bridge.configuration import load_config
 
     loaded = load_config(os.environ.get(CONFIG_ENV) or None)
     port = int(os.environ.get("VOICE_BRIDGE_PORT", loaded.config.server.port))

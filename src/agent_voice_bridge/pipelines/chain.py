@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.errors import ConfigError, where
-from agent_voice_bridge.pipelines.fallback import build_fallback
+from agent_voice_bridge.pipelines.fallback import load_fallback, names_fallback
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, FormatMismatch, Side
 from agent_voice_bridge.pipelines.keywords import format_validation, init_keywords, typed_kwargs
 from agent_voice_bridge.pipelines.loader import LoadedConfig
@@ -246,7 +246,26 @@ def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
             problems.append(f"{path}: pipeline: needs exactly one AI stage (echo, loopback, gemini.live, "
                             f"openai.realtime, or an LLM such as llm.anthropic), found {responders}")
         problems.extend(_unsegmented(path, stages))
-    fallback = build_fallback(path, stages, problems) if fallbacks and not problems else None
+    fallback = _build_fallback(path, stages, problems) if fallbacks and not problems else None
     if problems:
         raise ConfigError(problems)
     return Chain(source=path, stages=stages, fallback=fallback)
+
+
+def _build_fallback(path: str, stages: list[ResolvedStage], problems: list[str]) -> Chain | None:
+    """The checked fallback chain of the (one) AI stage that names one; problems are appended, naming that stage."""
+    for stage in stages:
+        name = names_fallback(stage.params)
+        if name is None:
+            continue
+        at = f"{where(path, stage.line, stage.position, stage.name)}: fallback {name!r}"
+        try:
+            chain = build_chain(load_fallback(name, path), fallbacks=False)
+        except ConfigError as exc:
+            problems.extend(f"{at}: {problem}" for problem in exc.problems)
+            return None
+        if any(names_fallback(s.params) for s in chain.stages):
+            problems.append(f"{at}: {chain.source} names a fallback of its own; a fallback chain cannot")
+            return None
+        return chain
+    return None

@@ -1,7 +1,8 @@
-"""The storage side of one call: its memory at start, its journal and recording, their close.
+"""The records of one call: its memory at start, its journal and recording, their close, a refusal.
 
-Kept apart from the call session so that running a call and keeping its records
-stay separate concerns; every step here is bounded, since a slow database must
+Part of the call's life, not of ``storage/`` (which only persists what it is given and
+imports nothing above it); kept apart from the call session so that running a call
+and keeping its records stay separate concerns; every step here is bounded, since a slow database must
 delay a call's start by little and never hold up its end.
 """
 
@@ -10,10 +11,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from loguru import logger
 
+from agent_voice_bridge.calls.live_call import LiveCall
 from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.sids import file_stem
@@ -23,9 +23,6 @@ from agent_voice_bridge.storage.records import CallRecord
 from agent_voice_bridge.storage.store import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.call_recorder import CallRecorder
-
-if TYPE_CHECKING:
-    from agent_voice_bridge.call_session import LiveCall
 
 DB_TIMEOUT_SECS = 1.0
 """How long a call start (memory) or an /incoming refusal waits for the database."""

@@ -15,14 +15,10 @@ another chain) whatever ends it later, with the failure as the reason.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
-
 from loguru import logger
 
+from agent_voice_bridge.calls.live_call import LiveCall
 from agent_voice_bridge.pipelines.chain import Chain
-
-if TYPE_CHECKING:
-    from agent_voice_bridge.call_session import LiveCall
 
 
 def outcome_of(fallback: Chain) -> str:

@@ -1,0 +1,86 @@
+"""A running call and the handles to end it from outside: shutdown, the time limit, the AI's end_call.
+
+Kept apart from :mod:`.session` (which runs the call) so that the handover and the
+records, which act on a live call, depend on it without depending on each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.pipeline.worker import PipelineWorker
+
+from agent_voice_bridge.assets import spoken
+from agent_voice_bridge.log_values import shown
+from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.config import TwilioConfig
+from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.twilio_rest import complete_call
+
+HANG_UP_QUIET_SECS = 0.8
+"""After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
+HANG_UP_MAX_WAIT_SECS = 20.0
+
+
+@dataclass
+class LiveCall:
+    """A running call and the handles to end it from outside (shutdown, time limit, the AI's end_call)."""
+
+    info: CallInfo
+    chain: Chain
+    """The chain this call was given when it started: it runs it to the end, whatever the server swaps in."""
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    worker: PipelineWorker | None = None
+    goodbye: bytes | None = None
+    ending: bool = False
+    outcome: str = "caller_hung_up"
+    reason: str | None = None
+    next_chain: Chain | None = None
+    """The fallback chain to run on this call once the failed AI's pipeline has stopped (see handover.py)."""
+    fell_back: str | None = None
+    """Once the call moved to a fallback (``voicemail``): the outcome, however the call then ends."""
+    _hang_up_task: asyncio.Task | None = None
+    _hanging_up: bool = False
+
+    async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
+        """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
+        if self.ending or self.worker is None:
+            return
+        self.ending = True
+        self.outcome = self.fell_back or outcome
+        logger.info(f"call {shown(self.info.call_sid)}: ending ({shown(reason, 300)})")
+        self.goodbye = spoken(goodbye) if goodbye else None
+        await self.worker.cancel(reason=reason)
+
+    async def hang_up_after_playback(self, reason: str) -> None:
+        """The AI said goodbye: hang up once the caller has heard it (Twilio's marks say when)."""
+        if self._hang_up_task is None:
+            self._hang_up_task = asyncio.ensure_future(self._hang_up(reason))
+
+    async def retract_hang_up(self) -> bool:
+        """The model took its end_call back: cancel the pending hang-up unless the call is already ending."""
+        task = self._hang_up_task
+        if task is None or task.done() or self.ending or self._hanging_up:
+            return False
+        task.cancel()
+        self._hang_up_task = None
+        logger.info(f"call {self.info.call_sid}: hang-up retracted")
+        return True
+
+    async def _hang_up(self, reason: str) -> None:
+        loop, playback = asyncio.get_running_loop(), self.info.playback
+        deadline, quiet_since = loop.time() + HANG_UP_MAX_WAIT_SECS, None
+        while loop.time() < deadline:
+            if playback.playing:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= HANG_UP_QUIET_SECS:
+                break
+            await asyncio.sleep(0.05)
+        self._hanging_up = True  # from here on the hang-up cannot be taken back
+        if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
+            await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)
+        await self.end(None, reason, "ai_ended")

@@ -1,0 +1,20 @@
+"""The registry of live calls in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from agent_voice_bridge.calls.live_call import LiveCall
+
+
+@dataclass
+class CallRegistry:
+    """Live calls in this process, for /healthz, shutdown, and tests that check nothing is left."""
+
+    live: dict[str, LiveCall] = field(default_factory=dict)
+    finished: int = 0
+    refused: int = 0
+
+    async def end_all(self, goodbye: str, reason: str) -> None:
+        await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))
