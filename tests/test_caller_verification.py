@@ -3,20 +3,21 @@ texted (through the real twilio client, to the fake Twilio REST API) to the numb
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
 from pipecat.services.llm_service import FunctionCallParams
 
+from agent_voice_bridge.calls.live_call import LiveCall
+from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
+from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.services import caller_verification
 from agent_voice_bridge.services.caller_verification import CallerVerification
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
-from agent_voice_bridge.transports.twilio_rest import send_text
-from conftest import LiveServer, free_port, speech
+from conftest import ECHO_YAML, LiveServer, free_port, speech
 from fakes.openai_realtime import FakeOpenAIRealtime
 from fakes.twilio_rest import FakeTwilioRest
 
@@ -75,7 +76,7 @@ async def test_only_the_texted_code_opens_the_earlier_calls_and_three_wrong_code
     with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
         config = TwilioConfig(account_sid=ACCOUNT, auth_token=TOKEN, phone_number=LINE, api_base_url=twilio.url)
         call = CallInfo(call_sid=SID, stream_sid="MZ" + "a" * 32, caller=CALLER, memory=f"Earlier: {CALLER_SAID}")
-        call.send_text = lambda body: asyncio.to_thread(send_text, config, CALLER, body)
+        call.control = LiveCall(call, build_chain(load_text(ECHO_YAML, "echo.yaml")), config)  # texts from LINE
         results: list[Any] = []
 
         verification = CallerVerification(call)

@@ -17,7 +17,7 @@ from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import complete_call
+from agent_voice_bridge.transports.twilio_rest import complete_call, send_text
 
 HANG_UP_QUIET_SECS = 0.8
 """After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
@@ -26,7 +26,8 @@ HANG_UP_MAX_WAIT_SECS = 20.0
 
 @dataclass
 class LiveCall:
-    """A running call and the handles to end it from outside (shutdown, time limit, the AI's end_call)."""
+    """A running call and the handles to end it from outside (shutdown, time limit), and its stages'
+    :class:`~agent_voice_bridge.transports.call_control.CallControl` (``info.control``)."""
 
     info: CallInfo
     chain: Chain
@@ -54,7 +55,7 @@ class LiveCall:
         self.goodbye = spoken(goodbye) if goodbye else None
         await self.worker.cancel(reason=reason)
 
-    async def hang_up_after_playback(self, reason: str) -> None:
+    async def hang_up(self, reason: str) -> None:
         """The AI said goodbye: hang up once the caller has heard it (Twilio's marks say when)."""
         if self._hang_up_task is None:
             self._hang_up_task = asyncio.ensure_future(self._hang_up(reason))
@@ -68,6 +69,17 @@ class LiveCall:
         self._hang_up_task = None
         logger.info(f"call {self.info.call_sid}: hang-up retracted")
         return True
+
+    @property
+    def can_send_text(self) -> bool:
+        twilio = self.twilio
+        return bool(twilio.account_sid and twilio.auth_token and twilio.phone_number)
+
+    async def send_text(self, body: str) -> None:
+        """Text the person on the line from the line's number (Twilio REST, in a thread)."""
+        if not self.can_send_text:
+            raise RuntimeError("this line has no Twilio account and number to text from")
+        await asyncio.to_thread(send_text, self.twilio, self.info.person, body)
 
     async def _hang_up(self, reason: str) -> None:
         loop, playback = asyncio.get_running_loop(), self.info.playback

@@ -29,7 +29,6 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import send_text
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
@@ -67,12 +66,7 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     chain = chains.chain_for(info.line_number)
     live = LiveCall(info, chain, config.twilio)
-    info.hang_up = live.hang_up_after_playback
-    info.retract_hang_up = live.retract_hang_up
-    info.end = live.end
-    twilio = config.twilio
-    if twilio.account_sid and twilio.auth_token and twilio.phone_number:
-        info.send_text = lambda body: asyncio.to_thread(send_text, twilio, info.person, body)
+    info.control = live
     info.recordings = config.storage.recordings
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         if storage is not None:

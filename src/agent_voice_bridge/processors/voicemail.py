@@ -244,8 +244,8 @@ class Voicemail(Stage, FrameProcessor):
         if self._file is None:  # the message cannot be written: say so rather than record into nothing
             self._state = "done"
             await self._say(mulaw.decode(spoken("apology")), None)
-            if self._call is not None and self._call.hang_up is not None:
-                await self._call.hang_up("voicemail: the message cannot be written")
+            if self._call is not None and self._call.control is not None:
+                await self._call.control.hang_up("voicemail: the message cannot be written")
             return
         secs = len(pcm) / 2 / RATE
         self._secs += secs
@@ -283,8 +283,8 @@ class Voicemail(Stage, FrameProcessor):
     async def _finish(self, ended_by: str) -> None:
         self._keep(ended_by)
         await self._say(mulaw.decode(spoken("voicemail_thanks")), THANKS)
-        if self._call is not None and self._call.hang_up is not None:
-            await self._call.hang_up("voicemail: message recorded")
+        if self._call is not None and self._call.control is not None:
+            await self._call.control.hang_up("voicemail: message recorded")
 
     def _keep(self, ended_by: str) -> None:
         """Write the message out and store it with the call's record (once, however the message ends)."""

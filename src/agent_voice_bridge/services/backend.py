@@ -156,7 +156,7 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
         async def end_call(args: FunctionCallParams) -> None:
             reason = str(args.arguments.get("reason") or "the AI ended the call")
             await args.result_callback({"result": "The line closes once the caller has heard your goodbye."})
-            if call is not None and call.hang_up is not None:
-                await call.hang_up(reason)
+            if call is not None and call.control is not None:
+                await call.control.hang_up(reason)
 
         service.register_function(END_CALL, end_call)

@@ -61,11 +61,12 @@ class CallerVerification:
     async def _send(self) -> str:
         if self._attempts >= MAX_ATTEMPTS:
             return "Too many wrong codes on this call: earlier calls stay closed."
-        if self._call.send_text is None:
+        control = self._call.control
+        if control is None or not control.can_send_text:
             return "Text messages cannot be sent from this line: earlier calls stay closed."
         code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
         try:
-            await self._call.send_text(f"Your code is {code}. It expires in {CODE_SECONDS / 60:.0f} minutes.")
+            await control.send_text(f"Your code is {code}. It expires in {CODE_SECONDS / 60:.0f} minutes.")
         except Exception as exc:  # the call goes on without memory
             logger.warning(f"call {self._call.call_sid}: verification text failed ({exc.__class__.__name__})")
             return "The text message could not be sent: earlier calls stay closed."

@@ -46,8 +46,8 @@ class ToolCallCancellation:
         logger.info(f"{self}: the model cancelled tool calls {sorted(wanted)}; no results go out for them")
         await self._cancel_function_call_tasks(  # type: ignore[attr-defined]
             lambda item: item.tool_call_id in wanted, reason="toolCallCancellation")
-        if END_CALL in names.values() and self._call is not None and self._call.retract_hang_up is not None:
-            if await self._call.retract_hang_up():
+        if END_CALL in names.values() and self._call is not None and self._call.control is not None:
+            if await self._call.control.retract_hang_up():
                 logger.info(f"{self}: end_call was cancelled by the model; the call goes on")
 
     async def _tool_result(self, tool_call_id: str, *args: Any, **kwargs: Any) -> None:

@@ -174,8 +174,8 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
 
     def _schedule_polite_end(self, ends_at: float) -> None:
         """Say goodbye the margin before ``ends_at`` (epoch seconds), or before an earlier end already planned."""
-        call = self._call
-        if call is None or call.end is None:
+        control = self._call.control if self._call is not None else None
+        if control is None:
             return
         delay = max(ends_at - time.time() - self._session_end_margin_secs, 0.0)
         loop = asyncio.get_running_loop()
@@ -184,7 +184,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
                 return
             self._session_timer.cancel()
         self._session_timer = loop.call_later(
-            delay, lambda: asyncio.ensure_future(call.end("goodbye_time_limit", "OpenAI session limit")))
+            delay, lambda: asyncio.ensure_future(control.end("goodbye_time_limit", "OpenAI session limit")))
 
     async def _handle_evt_session_created(self, evt):
         expires_at = evt.session.expires_at

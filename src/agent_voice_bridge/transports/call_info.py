@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from agent_voice_bridge.transports.playback import PlaybackTracker
 
 if TYPE_CHECKING:
     from agent_voice_bridge.storage.journal import CallJournal
+    from agent_voice_bridge.transports.call_control import CallControl
     from agent_voice_bridge.transports.call_recorder import CallRecorder
     from agent_voice_bridge.transports.twilio_protocol import Event
     from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
@@ -42,14 +42,8 @@ class CallInfo:
     stream: TwilioMediaStream | None = None
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)
     stats: CallStats = field(default_factory=CallStats)
-    hang_up: Callable[[str], Awaitable[None]] | None = None
-    """End the call once what the caller is hearing has played (set by the call session)."""
-    retract_hang_up: Callable[[], Awaitable[bool]] | None = None
-    """Take back a ``hang_up`` that has not happened yet (the model cancelled its end_call); True if it was."""
-    end: Callable[[str | None, str], Awaitable[None]] | None = None
-    send_text: Callable[[str], Awaitable[None]] | None = None
-    """Text the person on the line (Twilio REST; set when the line has a Twilio account and number)."""
-    """End the call now, playing one of the committed goodbyes (name, reason) first."""
+    control: CallControl | None = None
+    """What a stage or tool may do to the call (hang up, end, text); set by the session that runs it."""
     journal: CallJournal | None = None
     """Where the transport stages report turns, when calls are stored."""
     recorder: CallRecorder | None = None
