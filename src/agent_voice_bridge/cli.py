@@ -306,10 +306,23 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in bench/ at the repo root
-    from bench.__main__ import main as bench_main
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The source checkout this package runs from, when it is one (an editable install): ``bench/`` lives there."""
+BENCH_ELSEWHERE = ("voice-bridge bench: the benchmark harness is not installed with the package; "
+                   "run it from a source checkout: python -m bench --help")
 
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """The harness is a tool of the source tree, not of the product: imported only here, only when asked for."""
+    if (CHECKOUT / "bench" / "__main__.py").is_file() and str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+    try:
+        from bench.__main__ import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.__main__"):
+            raise  # the harness is there and lacks a dependency: its own error says which
+        print(BENCH_ELSEWHERE, file=sys.stderr)
+        return 2
     return bench_main(args.bench_args)
 
 
