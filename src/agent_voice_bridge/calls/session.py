@@ -74,10 +74,10 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
             info.journal = open_journal(storage, info, chain.source)
             if config.storage.record:
                 info.recorder = open_recorder(config.storage.recordings, info)
-        await _live(live, stream, chain, calls, gate, config.security.max_call_seconds)
+        await _live(live, stream, calls, gate, config.security.max_call_seconds)
 
 
-async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: CallRegistry, gate: CallGate,
+async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,
                 max_call_seconds: float) -> None:
     info = live.info
     key = f"{info.call_sid}/{info.stream_sid}"
@@ -89,7 +89,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, chain: Chain, calls: 
         max_call_seconds,
         lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached", "time_limit")))
     try:
-        running: Chain | None = chain
+        running: Chain | None = live.chain
         while running is not None:
             await _run_pipeline(running, live)
             running = await take_over(live)  # the AI failed and its stage names a fallback chain
