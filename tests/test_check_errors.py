@@ -71,3 +71,13 @@ def test_unknown_stage_and_unknown_key_share_one_wording(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = check(tmp_path, capsys, CHAIN.replace("  - echo\n", "  - ecoh\n"))
     assert "pipeline.yaml:6: stage 5 (ecoh): unknown stage 'ecoh' (did you mean echo?); valid stages: echo, " in err
+
+
+def test_a_misspelt_stage_parameter_gets_the_nearest_valid_one(tmp_path, capsys) -> None:
+    path = tmp_path / "chain.yaml"
+    path.write_text("pipeline:\n  - twilio.input\n  - mulaw.decode\n  - resample: {rat: 16000}\n  - echo\n"
+                    "  - resample: {rate: 8000}\n  - mulaw.encode\n  - twilio.output\n")
+    assert main(["check", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:4: stage 3 (resample):" in err
+    assert "unknown key 'rat' (did you mean rate?); valid keys: rate" in err, err

@@ -206,7 +206,7 @@ def build_chain(loaded: LoadedConfig, fallbacks: bool = True) -> Chain:
             problems.append(f"{at}: {exc}")
             continue
         except ValidationError as exc:
-            problems.append(f"{at}: {format_validation(exc)}")
+            problems.append(f"{at}: {format_validation(exc, model=getattr(cls, 'Params', None))}")
             continue
         except TypeError as exc:
             problems.append(f"{at}: {exc}")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
 
 
 class ConfigError(Exception):
@@ -34,3 +39,26 @@ def unknown_name(name: str, known: Iterable[str], what: str, also: str = "") -> 
     hint = f" (did you mean {close[0]}?)" if close else ""
     listed = ", ".join(names) + (f", {also}" if also else "")
     return f"unknown {what} {name!r}{hint}; valid {what}s: {listed}"
+
+
+def model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model a validation error's location points into (``("server", "tls")`` → TlsConfig)."""
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        annotation = field.annotation if field is not None else None
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        models = [t for t in (typing.get_args(annotation) if union else (annotation,))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def unknown_key(model: type[BaseModel], err: Any) -> str | None:
+    """The :func:`unknown_name` wording for a pydantic ``extra_forbidden`` error under ``model``, else None."""
+    loc = tuple(err["loc"])
+    if err["type"] != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
+        return None
+    section = model_at(model, loc[:-1])
+    return unknown_name(loc[-1], section.model_fields, "key") if section is not None else None

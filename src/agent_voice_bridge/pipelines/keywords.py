@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agent_voice_bridge.pipelines.errors import unknown_key
+
 __all__ = ["format_validation", "init_keywords", "typed_kwargs"]
 
 
@@ -65,12 +67,14 @@ def _structured(annotation: Any) -> type | None:
     return None
 
 
-def format_validation(err: ValidationError, prefix: str = "") -> str:
-    """Where and what, for every error; never the input value (it may be a secret)."""
+def format_validation(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """Where and what, for every error; never the input value (it may be a secret). With the ``model`` that
+    raised, a misspelt key gets the valid ones and the nearest (``unknown key 'rat' (did you mean rate?)``)."""
     parts = []
     for e in err.errors():
         loc = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]]) or "parameters"
-        parts.append(f"{loc}: {e['msg']}")
+        unknown = unknown_key(model, e) if model is not None else None
+        parts.append(unknown if unknown is not None and loc == e["loc"][-1] else f"{loc}: {unknown or e['msg']}")
     return "; ".join(parts)
 
 

@@ -7,8 +7,6 @@ line, and each ``${VAR}`` is expanded where it stands (see :mod:`.env`).
 from __future__ import annotations
 
 import os
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from agent_voice_bridge.pipelines import env as envvars
 from agent_voice_bridge.pipelines.config import BridgeConfig
-from agent_voice_bridge.pipelines.errors import ConfigError, unknown_name, where
+from agent_voice_bridge.pipelines.errors import ConfigError, unknown_key, where
 from agent_voice_bridge.security.mode import mode_problems
 
 DEFAULT_CHAIN = [
@@ -180,27 +178,12 @@ def _syntax_error(path: str, exc: yaml.YAMLError) -> str:
 
 def _validation_line(path: str, root: yaml.Node, err: Any) -> str:
     loc = tuple(err["loc"])
-    if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
-        section = _model_at(BridgeConfig, loc[:-1])
-        if section is not None:
-            prefix = f"{_dotted(loc[:-1])}: " if loc[:-1] else ""
-            return f"{where(path, _line_of(root, loc))}: {prefix}{unknown_name(loc[-1], section.model_fields, 'key')}"
+    unknown = unknown_key(BridgeConfig, err)
+    if unknown is not None:
+        prefix = f"{_dotted(loc[:-1])}: " if loc[:-1] else ""
+        return f"{where(path, _line_of(root, loc))}: {prefix}{unknown}"
     # Never echo the input value: it may be a secret.
     return f"{where(path, _line_of(root, loc))}: {_dotted(loc) or 'file'}: {err['msg']}"
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section model a validation error's location points into (``("server", "tls")`` → TlsConfig)."""
-    for key in loc:
-        field = model.model_fields.get(key) if isinstance(key, str) else None
-        annotation = field.annotation if field is not None else None
-        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        models = [t for t in (typing.get_args(annotation) if union else (annotation,))
-                  if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not models:
-            return None
-        model = models[0]
-    return model
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
