@@ -3,6 +3,7 @@
     python -m bench                       # N = 1,10,25,50,...,150 until a server collapses, 30 s calls (~20 min)
     python -m bench --quick               # small N, short calls: under 2 minutes
     python -m bench --calls 1,50 --seconds 20 --only load
+    python -m bench --only cascade        # Whisper → fake Claude → Piper reply time (needs the [local] extra)
 
 Writes ``bench/results/bench-<time>.json`` and ``.png`` (``--publish`` also writes the
 committed copies ``bench/results-latest.json`` and ``bench/results-latest.png``).
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("codec", "load", "barge-in", "setup", "stages")
+PARTS = ("codec", "load", "barge-in", "setup", "stages", "cascade")
+OPT_IN = ("cascade",)  # only with --only: needs the [local] extra
 DEFAULT_PARTS = ("codec", "load", "barge-in", "setup")  # --quick leaves out "stages" (six more load runs)
 QUICK = {"calls": [1, 4], "seconds": 6.0, "ramp": 1.0, "codec_frames": 1000, "builds": 50, "pipecat_builds": 5,
          "barge_calls": 2, "barge_rounds": 2, "stage_calls": 4, "stage_seconds": 5.0, "quiet_wait": 5.0}
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["seconds"] = args.seconds
     if args.ramp is not None:
         settings["ramp"] = args.ramp
-    parts = args.only or list(DEFAULT_PARTS if args.quick else PARTS)
+    parts = args.only or [p for p in (DEFAULT_PARTS if args.quick else PARTS) if p not in OPT_IN]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -167,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         results["stages"] = run_stages(settings["stage_calls"], settings["stage_seconds"], ramp=settings["ramp"],
                                        log_dir=out / "logs", workers=args.workers,
                                        calls_per_process=args.calls_per_process, quiet_wait=settings["quiet_wait"])
+    if "cascade" in parts:
+        from bench.cascade import run_cascade
+        from bench.cascade import table as cascade_table
+
+        print("  cascade reply time …", file=sys.stderr, flush=True)
+        results["cascade"] = run_cascade(8, out / "logs")
+        print(cascade_table(results["cascade"]))
     results["meta"]["duration_s"] = round(time.monotonic() - began, 1)
 
     from bench.report import plot, table, write_json

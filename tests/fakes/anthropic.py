@@ -115,6 +115,8 @@ class RecordedRequest:
     cancelled: bool = False
     """The client went away before ``message_stop`` (a barge-in cancelled the reply)."""
     completed: bool = False
+    finished_at: float | None = None
+    """When ``message_stop`` was sent (the event loop's clock: ``time.monotonic()``)."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -355,6 +357,7 @@ class FakeAnthropic:
             await send({"type": "message_stop"})
             await response.write_eof()
             request.completed = True
+            request.finished_at = asyncio.get_running_loop().time()
         except (ConnectionResetError, asyncio.CancelledError):
             request.cancelled = True
             raise

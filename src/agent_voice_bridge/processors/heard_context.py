@@ -4,7 +4,9 @@ The builder puts a user aggregator just before the LLM and an assistant
 aggregator after ``twilio.output``, so a chain file never names them. Turns are
 the chain's own: ``vad.interrupter`` announces when the caller starts and stops
 (``UserStarted/StoppedSpeakingFrame``) and does the barge-in, so the user
-aggregator adopts those turns and only waits for the transcript to settle.
+aggregator adopts those turns and only waits for the transcript: a finalized one
+(a segmented STT such as Whisper gives one per utterance) ends the turn at once,
+others settle first (:class:`TranscriptTurnStop`).
 
 Twilio buffers what the bridge sends, so when the assistant aggregator sees a
 reply's text its audio has been *sent*, not heard. Each piece of text is noted
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat.frames.frames import InterruptionFrame, TextFrame
+from pipecat.frames.frames import InterruptionFrame, TextFrame, TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMAssistantAggregator,
@@ -40,14 +42,29 @@ from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregate
 from agent_voice_bridge.transports.call_info import CallInfo
 
 TRANSCRIPT_SETTLE_SECS = 0.25
-"""After the caller stops, a transcript that saw no newer one for this long ends the turn."""
+"""After the caller stops, a transcript not marked final that saw no newer one for this long ends the turn."""
+
+
+class TranscriptTurnStop(ExternalUserTurnStopStrategy):
+    """pipecat's external turn stop, ending the turn on a finalized transcript instead of settling.
+
+    Why: the settle wait is for a streaming STT (Deepgram) whose final results for one
+    utterance may come in several pieces after the caller stops. A transcript marked
+    ``finalized`` (every one from a segmented STT like Whisper; a streaming STT's answer
+    to its finalize request) is the utterance's last, so waiting 250 ms more buys nothing.
+    """
+
+    async def _handle_transcription(self, frame: TranscriptionFrame):
+        await super()._handle_transcription(frame)
+        if frame.finalized:
+            await self._maybe_trigger_user_turn_stopped()
 
 
 def conversation_for(llm: Any, call: CallInfo | None) -> tuple[LLMUserAggregator, HeardAssistantAggregator]:
     """The aggregator pair for one call's LLM, sharing the LLM's seeded context (or an empty one)."""
     context = getattr(llm, "initial_context", None) or LLMContext()
     turns = UserTurnStrategies(start=[ExternalUserTurnStartStrategy(enable_interruptions=False)],
-                               stop=[ExternalUserTurnStopStrategy(timeout=TRANSCRIPT_SETTLE_SECS)])
+                               stop=[TranscriptTurnStop(timeout=TRANSCRIPT_SETTLE_SECS)])
     user = LLMUserAggregator(context, params=LLMUserAggregatorParams(user_turn_strategies=turns),
                              _realtime_service_mode=False)
     assistant = HeardAssistantAggregator(context, call=call, _realtime_service_mode=False,

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.tts_service import TTSService
+from pipecat.utils.text.base_text_aggregator import TextType
 from pydantic import Field, model_validator
 
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services.cascade import CascadeTTS, TTSParams, packaged_file
+from agent_voice_bridge.services.first_clause import FirstClauseAggregator
 
 _lock = threading.Lock()
 
@@ -52,7 +54,13 @@ def shared_voice(path: str):
 
 
 class PiperTTS(CascadeTTS, PiperTTSService):
-    """pipecat's ``PiperTTSService`` speaking a voice from disk, shared between calls."""
+    """pipecat's ``PiperTTSService`` speaking a voice from disk, shared between calls.
+
+    Piper gives a sentence's audio only once the whole sentence is synthesised (one
+    ONNX run; it cannot stream within it), so a reply's first sentence is synthesised
+    clause by clause (:mod:`~agent_voice_bridge.services.first_clause`): the caller
+    hears the first clause while the next is synthesised.
+    """
 
     Params = PiperParams
 
@@ -63,6 +71,8 @@ class PiperTTS(CascadeTTS, PiperTTSService):
                             settings=self.Settings(model=None, voice=Path(voice_path).stem, language=None),
                             **kwargs)
         self._voice = shared_voice(voice_path)
+        self._text_aggregator = FirstClauseAggregator(aggregation_type=TextType.SENTENCE,
+                                                      language=self._text_aggregator.language)
 
     @classmethod
     def warm_up(cls, params: StageParams) -> None:
