@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from loguru import logger
 
+from agent_voice_bridge.configuration import load_setup
+from agent_voice_bridge.lines import Lines, build_lines
 from agent_voice_bridge.pipelines.chain import Chain, build_chain
 from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
@@ -52,17 +54,25 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving the real app in a thread with its own event loop."""
 
-    def __init__(self, yaml_text: str, path: str = "test.yaml", env: dict[str, str] | None = None,
-                 store: LimitStore | None = None, drain_seconds: float = 5.0, port: int | None = None):
-        loaded = load_text(yaml_text, path, env)
-        self.chain: Chain = build_chain(loaded)
+    def __init__(self, yaml_text: str = "", path: str = "test.yaml", env: dict[str, str] | None = None,
+                 store: LimitStore | None = None, drain_seconds: float = 5.0, port: int | None = None,
+                 config_file: str | os.PathLike[str] | None = None):
+        """``yaml_text`` (named ``path``), or ``config_file``: a file on disk, e.g. a server file with ``lines:``."""
+        if config_file is not None:
+            setup = load_setup(str(config_file))
+            lines: Lines | Chain = build_lines(setup)
+            self.chain: Chain = lines.first.chain
+            loaded = setup.loaded
+        else:
+            loaded = load_text(yaml_text, path, env)
+            lines = self.chain = build_chain(loaded)
         self.config = loaded.config
         self._tmp = tempfile.TemporaryDirectory(prefix="voice-bridge-test-")
         url = loaded.config.storage.url
         if "url" not in loaded.config.storage.model_fields_set:  # never the working directory's database
             url = f"sqlite:///{self._tmp.name}/calls.db"
         self.storage: CallStore | None = CallStore(url) if url else None
-        self.app = create_app(loaded.config, self.chain, store or MemoryLimitStore(), self.storage)
+        self.app = create_app(loaded.config, lines, store or MemoryLimitStore(), self.storage)
         self.port = port or free_port()
         self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port), drain_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None

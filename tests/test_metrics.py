@@ -58,7 +58,7 @@ async def test_metrics_move_during_a_call_and_logs_carry_the_call_sid() -> None:
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert delta('voice_bridge_calls_total{outcome="caller_hung_up"}') == 1
+    assert delta('voice_bridge_calls_total{line="default",outcome="caller_hung_up"}') == 1
     assert delta("voice_bridge_barge_ins_total") == 1
     assert delta("voice_bridge_first_reply_seconds_count") == 1
     assert delta("voice_bridge_barge_in_seconds_count") == 1

@@ -12,14 +12,13 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent_voice_bridge.configuration import load_config
+from agent_voice_bridge.configuration import LineFile, ServerSetup, load_config, load_setup
 from agent_voice_bridge.pipelines.errors import ConfigError
-from agent_voice_bridge.pipelines.loader import LoadedConfig
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from agent_voice_bridge.pipelines.chain import Chain
+    from agent_voice_bridge.lines import Lines
     from agent_voice_bridge.transports.simulated_caller import Step
 
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
@@ -33,28 +32,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def load_chain(path: str | None) -> tuple[LoadedConfig, Chain] | None:
-    """The file and its checked chain, or None after printing every problem in it."""
-    from agent_voice_bridge.pipelines.chain import build_chain
+def load_lines(path: str | None) -> tuple[ServerSetup, Lines] | None:
+    """The file (with every pipeline file its ``lines:`` name) and the checked lines, or None after printing
+    every problem of every file."""
+    from agent_voice_bridge.lines import load_lines as load_and_check
 
     try:
-        loaded = load_config(path)
-        chain = build_chain(loaded)
+        setup, lines = load_and_check(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None
-    for warning in chain.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
-    return loaded, chain
+    for line in lines:
+        for warning in line.chain.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
+    return setup, lines
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    checked = load_chain(args.config)
+    checked = load_lines(args.config)
     if checked is None:
         return 1
-    loaded, chain = checked
-    print(f"{loaded.path}: OK, {len(chain.stages)} stages")
-    print(chain.describe())
+    setup, lines = checked
+    if not setup.has_lines:
+        chain = lines.first.chain
+        print(f"{setup.path}: OK, {len(chain.stages)} stages")
+        print(chain.describe())
+        return 0
+    print(f"{setup.path}: OK, {len(lines)} line(s)")
+    for line in lines:
+        print(f"\nline {line.name} ({line.reached_by()}): {line.chain.source}, {len(line.chain.stages)} stages")
+        print(line.chain.describe())
     return 0
 
 
@@ -70,10 +77,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from agent_voice_bridge.server import CONFIG_ENV, create_app
     from agent_voice_bridge.serving import LOG_LEVEL_ENV, serve
 
-    checked = load_chain(args.config)
+    checked = load_lines(args.config)
     if checked is None:
         return 1
-    loaded, chain = checked
+    setup, lines = checked
+    loaded = setup.loaded
     server = loaded.config.server
     host = args.host or server.host
     port = args.port or server.port
@@ -84,9 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 print(f"{loaded.path}: server.tls.{what}: cannot read {file!r}", file=sys.stderr)
                 return 1
     http, ws = ("https", "wss") if tls else ("http", "ws")
-    names = [s.name for s in chain.stages]
-    print(f"voice-bridge: serving {loaded.path} on {http}://{host}:{port} ({' → '.join(names)})", file=sys.stderr)
-    if "echo" in names:
+    print(banner(setup, lines, f"{http}://{host}:{port}"), file=sys.stderr)
+    if any(s.name == "echo" for line in lines for s in line.chain.stages):
         missing = "no AI key" if not any(os.environ.get(k) for k in AI_KEYS) else "the echo chain"
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"*** OFFLINE ECHO LINE ({missing}): callers hear their own words back when they stop talking. "
@@ -108,9 +115,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               workers=workers, tls=tls, max_connections=server.max_connections)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
-                         chain), host=host, port=port, drain_seconds=drain, tls=tls,
+                         lines), host=host, port=port, drain_seconds=drain, tls=tls,
               max_connections=server.max_connections)
     return 0
+
+
+def banner(setup: ServerSetup, lines: Lines, url: str) -> str:
+    """What ``serve`` says it serves: one pipeline file as one line, as before lines; else a line per line."""
+    if not setup.has_lines:
+        names = [s.name for s in lines.first.chain.stages]
+        return f"voice-bridge: serving {setup.path} on {url} ({' → '.join(names)})"
+    rows = [f"voice-bridge: serving {setup.path} on {url}, {len(lines)} line(s):"]
+    rows += [f"  line {line.name} ({line.reached_by()}): {line.chain.source} "
+             f"({' → '.join(s.name for s in line.chain.stages)})" for line in lines]
+    return "\n".join(rows)
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
@@ -220,7 +238,7 @@ def _cmd_calls(args: argparse.Namespace) -> int:
             return 1
         print(report)
         return 0
-    records = asyncio.run(_with_store(store, lambda s: s.recent_calls(args.limit, caller=caller)))
+    records = asyncio.run(_with_store(store, lambda s: s.recent_calls(args.limit, caller=caller, line=args.line)))
     print(HEADER)
     for record in records:
         print(call_line(record))
@@ -277,10 +295,11 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     from agent_voice_bridge.transports.twilio_rest import OutboundError
 
     try:
-        loaded = load_config(args.config)
+        setup = load_setup(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    loaded = setup.loaded
     parameters: dict[str, str] = {}
     for item in args.param:
         name, sep, value = item.partition("=")
@@ -288,13 +307,19 @@ def _cmd_dial(args: argparse.Namespace) -> int:
             print(f"voice-bridge dial: --param {item!r}: write it as name=value", file=sys.stderr)
             return 2
         parameters[name.strip()] = value
+    chosen = dial_line(setup, args.line, args.from_number)
+    if chosen is None:
+        return 2
+    line, from_number = chosen
     url = loaded.config.storage.url
     store = CallStore(url) if url else None
 
+    def placing(s):
+        return dial(loaded.config, s, args.number, parameters, line.loaded.path, line.name if setup.has_lines else "",
+                    from_number)
+
     async def place():
-        if store is None:
-            return await dial(loaded.config, None, args.number, parameters, loaded.path)
-        return await _with_store(store, lambda s: dial(loaded.config, s, args.number, parameters, loaded.path))
+        return await placing(None) if store is None else await _with_store(store, placing)
 
     try:
         placed = asyncio.run(place())
@@ -304,6 +329,31 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     print(f"calling {args.number}: {placed.call_sid} ({placed.status}); the server at "
           f"{loaded.config.server.public_url} runs the call when it is answered")
     return 0
+
+
+def dial_line(setup: ServerSetup, name: str | None, from_number: str | None) -> tuple[LineFile, str | None] | None:
+    """The line a placed call runs and the number it calls from (None: ``twilio.phone_number``): ``--line``
+    (from its first number), else the line of ``--from`` (else of ``twilio.phone_number``), else the default."""
+    if name:
+        line = next((f for f in setup.lines if f.name == name), None)
+        if line is None:
+            print(f"voice-bridge dial: no line {name!r} in {setup.path}; lines: "
+                  f"{', '.join(f.name for f in setup.lines)}", file=sys.stderr)
+            return None
+        return line, from_number and phone_number(from_number, "dial") or (line.numbers[0] if line.numbers else None)
+    number = setup.config.twilio.phone_number
+    if from_number:
+        number = phone_number(from_number, "dial")
+        if number is None:
+            return None
+    from agent_voice_bridge.phone_numbers import e164
+
+    line = next((f for f in setup.lines if (e164(number) or number) in f.numbers), None) or next(
+        (f for f in setup.lines if f.default), None)
+    if line is None:
+        print(f"voice-bridge dial: no line takes {number!r} in {setup.path}: give --line", file=sys.stderr)
+        return None
+    return line, from_number and number
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -370,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     calls.add_argument("-c", "--config")
     calls.add_argument("-n", "--limit", type=int, default=20)
     calls.add_argument("--from", dest="from_number", help="only calls from this number")
+    calls.add_argument("--line", help="only calls on this line (a server file's line: its pipeline file's name)")
     calls.set_defaults(func=_cmd_calls)
 
     forget = sub.add_parser("forget", help="delete a caller's calls, transcripts and recordings")
@@ -380,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     dial = sub.add_parser("dial", help="place an outbound call (Twilio REST) that the server answers with its chain")
     dial.add_argument("number", help="who to call, E.164 (+15551234567)")
     dial.add_argument("-c", "--config", help="the server's pipeline file (Twilio account, public_url, storage)")
+    dial.add_argument("--line", help="the line whose chain runs the call (a server file's line); it calls from "
+                      "the line's first number")
+    dial.add_argument("--from", dest="from_number", help="the number to call from (default twilio.phone_number); "
+                      "its line runs the call")
     dial.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="a fact for the instructions' {NAME} (repeatable), e.g. --param reason='your booking'")
     dial.set_defaults(func=_cmd_dial)

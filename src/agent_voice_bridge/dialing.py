@@ -22,7 +22,7 @@ from agent_voice_bridge.transports.twilio_rest import OutboundError, PlacedCall,
 
 ANSWER_PATH = "/outbound"
 STATUS_PATH = "/status"
-RESERVED = {"caller", "callee", "callSid", "streamToken", "direction", "answeredBy"}
+RESERVED = {"caller", "callee", "callSid", "streamToken", "direction", "answeredBy", "line"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_VALUE_CHARS = 500
 
@@ -47,8 +47,10 @@ def dial_problem(config: BridgeConfig) -> str | None:
 
 
 async def dial(config: BridgeConfig, storage: CallStore | None, to: str, parameters: dict[str, str],
-               pipeline: str) -> PlacedCall:
-    """Place the call (Twilio REST, in a thread) and start its record; raises :class:`OutboundError`."""
+               pipeline: str, line: str = "", from_number: str | None = None) -> PlacedCall:
+    """Place the call (Twilio REST, in a thread) from ``from_number`` (default ``twilio.phone_number``) and
+    start its record; raises :class:`OutboundError`. ``line`` rides in the (signed) answer URL, so
+    ``/outbound`` gives the answered call that line's chain."""
     problem = dial_problem(config)
     if problem:
         raise OutboundError(problem)
@@ -57,15 +59,18 @@ async def dial(config: BridgeConfig, storage: CallStore | None, to: str, paramet
         raise OutboundError(f"{to!r} is not a phone number (E.164, e.g. +15551234567)")
     check_parameters(parameters)
     base = config.server.public_url
-    query = f"?{urlencode(parameters)}" if parameters else ""
-    placed = await asyncio.to_thread(place_call, config.twilio, to=number, answer_url=f"{base}{ANSWER_PATH}{query}",
+    sent = {**parameters, **({"line": line} if line else {})}
+    query = f"?{urlencode(sent)}" if sent else ""
+    twilio = config.twilio.model_copy(update={"phone_number": from_number}) if from_number else config.twilio
+    placed = await asyncio.to_thread(place_call, twilio, to=number, answer_url=f"{base}{ANSWER_PATH}{query}",
                                      status_url=f"{base}{STATUS_PATH}",
                                      machine_detection=config.outbound.machine_detection)
     if storage is not None:
         try:
             await storage.start_call(CallRecord(
-                call_sid=placed.call_sid, started_at=datetime.now(timezone.utc), caller=config.twilio.phone_number,
-                callee=number, direction="outbound", pipeline=pipeline, status=placed.status, parameters=parameters))
+                call_sid=placed.call_sid, started_at=datetime.now(timezone.utc), caller=twilio.phone_number,
+                callee=number, direction="outbound", pipeline=pipeline, line=line, status=placed.status,
+                parameters=parameters))
         except Exception as exc:  # the call is ringing already: a failing database must not turn that into an error
             logger.error(f"call {placed.call_sid}: storing its record failed ({exc.__class__.__name__}: {exc})")
     return placed

@@ -23,7 +23,9 @@ from prometheus_client import (
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LIVE_CALLS = Gauge("voice_bridge_live_calls", "Calls with a running pipeline.", multiprocess_mode="livesum")
-CALLS = Counter("voice_bridge_calls", "Finished calls by outcome.", ["outcome"])
+CALLS = Counter("voice_bridge_calls", "Finished calls by outcome and line.", ["outcome", "line"])
+CONFIG_RELOADS = Counter("voice_bridge_config_reloads", "Configuration reloads (file change or SIGHUP) by result: "
+                         "ok (swapped in), failed (refused, the last good one serves), unchanged.", ["result"])
 REFUSED = Counter("voice_bridge_refused_calls", "Webhooks and streams refused, by reason.", ["reason"])
 BARGE_INS = Counter("voice_bridge_barge_ins", "Times the caller talked over the AI and the line was cleared.")
 BACKEND_ERRORS = Counter("voice_bridge_backend_errors", "AI backends lost mid-call or refused at its start.")

@@ -21,10 +21,12 @@ from agent_voice_bridge.calls.records import recall, record_refusal
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.calls.session import run_call
 from agent_voice_bridge.chain_source import ChainSource
+from agent_voice_bridge.lines import Lines
 from agent_voice_bridge.log_values import shown
-from agent_voice_bridge.pipelines.chain import Chain, build_chain
+from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.security.gate import no_line
 from agent_voice_bridge.security.limits import LimitStore, open_store
 from agent_voice_bridge.security.mode import DEVELOPMENT_WARNING
 from agent_voice_bridge.security.signatures import public_url
@@ -59,10 +61,10 @@ def open_storage(config: BridgeConfig) -> CallStore | None:
     return CallStore(config.storage.url) if config.storage.url else None
 
 
-def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = None,
+def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | None = None,
                storage: CallStore | None = None) -> FastAPI:
-    """The app serving ``chain`` (swap it with ``app.state.chains``). ``storage`` defaults to ``storage.url`` from
-    the config (None: keep nothing)."""
+    """The app serving ``chain``, or each of ``lines`` on its numbers (swap them with ``app.state.chains``).
+    ``storage`` defaults to ``storage.url`` from the config (None: keep nothing)."""
     storage = storage if storage is not None else open_storage(config)
 
     @contextlib.asynccontextmanager
@@ -81,7 +83,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # every route, before any parsing
     chains = ChainSource(chain)
-    chain.warm_up()
+    for line in chains.lines:
+        line.chain.warm_up()
     server = config.server
     gate = CallGate(config, store or open_store(config.security.store, server.port))
     browsers = BrowserHosts(server, development=gate.mode == "development")
@@ -104,6 +107,8 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
         return {"status": "draining" if app.state.draining else "ok", "live_calls": len(calls.live),
                 "finished_calls": calls.finished, "refused_streams": calls.refused, "pid": os.getpid(),
                 "pipeline": chains.current.source, "security": gate.mode,
+                "lines": {line.name: {"numbers": line.reached_by(), "pipeline": line.chain.source}
+                          for line in chains.lines},
                 **({"warning": DEVELOPMENT_WARNING} if gate.mode == "development" else {})}
 
     @app.post("/incoming")
@@ -114,26 +119,29 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
             return Response("shutting down", status_code=503)
         form = await webhooks.form(request)
         call_sid = form.get("CallSid", "")
-        chain = chains.chain_for(form.get("To", ""))
-        refusal = await gate.admit(form)
+        line = chains.line_for(form.get("To", ""))  # chosen once, here, and bound into the stream token
+        refusal = no_line(form.get("To", "")) if line is None else await gate.admit(form)
         if refusal is not None:
             metrics.REFUSED.labels(refusal.kind).inc()
             logger.info(f"call {shown(call_sid) or '?'}: refused ({refusal.reason})")
             if storage is not None and call_sid:
-                await record_refusal(storage, form, refusal.reason, chain.source)
+                await record_refusal(storage, form, refusal.reason, line.chain.source if line else "",
+                                     line.name if line else "")
             return Response(refusal.twiml, media_type="application/xml")
+        assert line is not None
+        chain = line.chain
         url = webhooks.stream_url(request)
         parameters = {name: form[field] for name, field in (("caller", "From"), ("callee", "To"),
                                                             ("callSid", "CallSid")) if form.get(field)}
-        parameters.update(gate.stream_parameters(call_sid, form.get("From", ""), form.get("To", "")))
+        parameters.update(gate.stream_parameters(call_sid, form.get("From", ""), form.get("To", ""), line.name))
         if call_sid:
             early = CallInfo(call_sid=call_sid, stream_sid="", caller=form.get("From", ""),
-                             callee=form.get("To", ""), parameters=parameters)
+                             callee=form.get("To", ""), parameters=parameters, line=line.name)
             if storage is not None:
                 early.memory = await recall(storage, chain, early.caller, call_sid)
             chain.connect_early(early)
-        logger.info(f"call {shown(call_sid) or '?'}: incoming from {shown(form.get('From', 'unknown'))}, "
-                    f"stream {shown(url, 300)}")
+        logger.info(f"call {shown(call_sid) or '?'}: incoming from {shown(form.get('From', 'unknown'))} "
+                    f"on line {line.name}, stream {shown(url, 300)}")
         return Response(connect_twiml(url, parameters), media_type="application/xml")
 
     @app.websocket(STREAM_PATH)
@@ -166,9 +174,9 @@ def create_app(config: BridgeConfig, chain: Chain, store: LimitStore | None = No
 
 def app_from_environment() -> FastAPI:
     """uvicorn factory for ``serve --workers N``: each worker process loads the same file."""
-    from agent_voice_bridge.configuration import load_config
+    from agent_voice_bridge.lines import load_lines
 
-    loaded = load_config(os.environ.get(CONFIG_ENV) or None)
-    port = int(os.environ.get("VOICE_BRIDGE_PORT", loaded.config.server.port))
-    config = loaded.config.model_copy(update={"server": loaded.config.server.model_copy(update={"port": port})})
-    return create_app(config, build_chain(loaded))
+    setup, lines = load_lines(os.environ.get(CONFIG_ENV) or None)
+    port = int(os.environ.get("VOICE_BRIDGE_PORT", setup.config.server.port))
+    config = setup.config.model_copy(update={"server": setup.config.server.model_copy(update={"port": port})})
+    return create_app(config, lines)

@@ -47,7 +47,7 @@ async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -
 def open_journal(storage: CallStore, info: CallInfo, pipeline: str) -> CallJournal:
     record = CallRecord(
         call_sid=info.call_sid or info.stream_sid, stream_sid=info.stream_sid, caller=info.caller,
-        callee=info.callee, direction=info.direction, pipeline=pipeline,
+        callee=info.callee, direction=info.direction, pipeline=pipeline, line=info.line,
         started_at=datetime.fromtimestamp(info.started_at, timezone.utc),
         parameters={k: v for k, v in info.parameters.items() if k not in PRIVATE_PARAMETERS})
     journal = CallJournal(storage, record)
@@ -87,11 +87,12 @@ async def close_records(live: LiveCall) -> None:
                                  first_reply_ms=None if stats.first_reply_ms is None else round(stats.first_reply_ms, 1))
 
 
-async def record_refusal(storage: CallStore, form: dict[str, str], reason: str, pipeline: str) -> None:
+async def record_refusal(storage: CallStore, form: dict[str, str], reason: str, pipeline: str,
+                         line: str = "") -> None:
     """A call the gate turned away at ``/incoming`` (allowlist, rate limit, busy) is a record too."""
     now = datetime.now(timezone.utc)
     record = CallRecord(call_sid=form["CallSid"], started_at=now, ended_at=now, caller=form.get("From", ""),
-                        callee=form.get("To", ""), pipeline=pipeline, status="rejected", outcome="rejected",
+                        callee=form.get("To", ""), pipeline=pipeline, line=line, status="rejected", outcome="rejected",
                         reason=reason)
     try:
         await asyncio.wait_for(storage.start_call(record), DB_TIMEOUT_SECS)

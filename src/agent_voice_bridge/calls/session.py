@@ -27,6 +27,7 @@ from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
+from agent_voice_bridge.security.gate import LINE_PARAMETER
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
@@ -59,12 +60,22 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         await stream.close(CLOSE_POLICY, refusal)
         return
     params = start.custom_parameters
+    named = params.get(LINE_PARAMETER)  # bound into the stream token by /incoming; else the number called
+    line = chains.line_named(named) if named else chains.line_for(
+        params.get("caller" if params.get("direction") == "outbound" else "callee", ""))
+    if line is None:
+        refusal = f"no line {named!r} on this server" if named else "no line takes this number"
+        logger.warning(f"media stream {shown(start.stream_sid)} refused: {refusal}")
+        calls.refused += 1
+        metrics.REFUSED.labels("no_line").inc()
+        await stream.close(CLOSE_POLICY, refusal)
+        return
     info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
-                    callee=params.get("callee", ""), parameters=params, stream=stream)
+                    callee=params.get("callee", ""), parameters=params, stream=stream, line=line.name)
     if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello":
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
-    chain = chains.chain_for(info.line_number)
+    chain = line.chain
     live = LiveCall(info, chain, config.twilio)
     info.control = live
     info.recordings = config.storage.recordings
@@ -84,7 +95,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
     calls.live[key] = live
     metrics.LIVE_CALLS.inc()
     logger.info(f"call {shown(info.call_sid)}: started, stream {shown(info.stream_sid)}, "
-                f"from {shown(info.caller or 'unknown')}")
+                f"from {shown(info.caller or 'unknown')}, line {info.line}")
     limit = asyncio.get_running_loop().call_later(
         max_call_seconds,
         lambda: asyncio.ensure_future(live.end("goodbye_time_limit", "time limit reached", "time_limit")))
@@ -104,7 +115,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         if live._hang_up_task is not None:  # the caller hung up first
             live._hang_up_task.cancel()
         metrics.LIVE_CALLS.dec()
-        metrics.CALLS.labels(live.outcome).inc()  # counted before the caller sees the stream close
+        metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
         await stream.close()
         await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record

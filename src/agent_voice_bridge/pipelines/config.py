@@ -178,9 +178,36 @@ class BridgeConfig(_Section):
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
+    lines: dict[str, str] | None = Field(
+        default=None,
+        description="A server file instead of a pipeline: the number called (E.164, quoted) or 'default' → a "
+        "pipeline file, relative to this file. Numbers sharing a file share a line, named after the file.",
+    )
+
+    @field_validator("lines", mode="before")
+    @classmethod
+    def _line_numbers(cls, lines: Any) -> Any:
+        if not isinstance(lines, dict):
+            return lines
+        from agent_voice_bridge.phone_numbers import e164
+
+        checked: dict[str, Any] = {}
+        for key, file in lines.items():
+            if isinstance(key, int):  # YAML reads an unquoted +15550100 as the integer 15550100
+                raise ValueError(f"{key}: quote the number, as in \"+{key}\": unquoted, YAML reads it as an integer")
+            if key != "default" and e164(str(key)) is None:
+                raise ValueError(f"{key!r} is neither an E.164 number (\"+15551234567\") nor default")
+            if not isinstance(file, str) or not file.strip():
+                raise ValueError(f"{key}: give the pipeline file, e.g. pipelines/sales.yaml")
+            checked["default" if key == "default" else e164(str(key)) or ""] = file
+        if not checked:
+            raise ValueError("lists no line: map a number (or default) to a pipeline file")
+        return checked
 
     @model_validator(mode="after")
     def _checks_need_a_token(self) -> BridgeConfig:
         if self.security.check_signatures and not self.twilio.auth_token:
             raise ValueError("security.check_signatures is on but twilio.auth_token is empty")
+        if self.lines is not None and (self.pipeline or self.ai is not None):
+            raise ValueError("a file has either lines: (a server file) or pipeline: (one line), not both")
         return self

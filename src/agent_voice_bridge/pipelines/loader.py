@@ -45,6 +45,8 @@ class LoadedConfig:
     config: BridgeConfig
     path: str
     stage_lines: list[int | None] = field(default_factory=list)
+    lines_at: dict[str, int] = field(default_factory=dict)
+    """A server file's ``lines:`` entries (E.164 or ``default``) → the line each is written on."""
 
 
 def load_file(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -92,6 +94,10 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
             for m in missing
         ])
 
+    unquoted = _unquoted_numbers(root)
+    if unquoted:
+        raise ConfigError([f"{where(path, line)}: lines: {key}: quote the number, as in \"{key}\": unquoted, "
+                           "YAML reads it as an integer" for key, line in unquoted])
     try:
         config = BridgeConfig.model_validate(data)
     except ValidationError as exc:
@@ -103,7 +109,7 @@ def load_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Loa
                            for p in problems])
     if config.ai is not None and not config.pipeline:
         config, stage_lines = _expand_seed(config, root)
-    return LoadedConfig(config=config, path=path, stage_lines=stage_lines)
+    return LoadedConfig(config=config, path=path, stage_lines=stage_lines, lines_at=_entry_lines(root))
 
 
 def _expand_node(node: yaml.Node, path: tuple[str | int, ...], loader: yaml.SafeLoader,
@@ -138,6 +144,25 @@ def _pipeline_lines(root: yaml.MappingNode) -> list[int | None]:
     if not isinstance(seq, yaml.SequenceNode):
         return []
     return [item.start_mark.line + 1 for item in seq.value]
+
+
+def _unquoted_numbers(root: yaml.MappingNode) -> list[tuple[str, int]]:
+    """``lines:`` keys written +15550100 without quotes (YAML makes them integers, dropping the +)."""
+    node = _child(root, "lines")
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [(k.value, k.start_mark.line + 1) for k, _ in node.value
+            if isinstance(k, yaml.ScalarNode) and k.style is None and k.tag == "tag:yaml.org,2002:int"]
+
+
+def _entry_lines(root: yaml.MappingNode) -> dict[str, int]:
+    from agent_voice_bridge.phone_numbers import e164
+
+    node = _child(root, "lines")
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {(k.value if k.value == "default" else e164(str(k.value)) or str(k.value)): k.start_mark.line + 1
+            for k, _ in node.value}
 
 
 def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:

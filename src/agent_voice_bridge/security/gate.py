@@ -25,6 +25,8 @@ from agent_voice_bridge.sids import is_call_sid
 from agent_voice_bridge.transports.twilio_protocol import Start
 
 BUSY_MESSAGE = "Sorry, this line is busy right now. Please try again later. Goodbye."
+LINE_PARAMETER = "line"
+"""The stream ``<Parameter>`` naming the line ``/incoming`` (or ``/outbound``) chose; the token binds it."""
 PENDING_CALL_SECONDS = 60.0
 """A call admitted by /incoming holds its slot this long until its stream starts."""
 
@@ -50,6 +52,12 @@ def _busy() -> str:
     response.say(BUSY_MESSAGE)
     response.hangup()
     return str(response)
+
+
+def no_line(number: str) -> Refusal:
+    """A call to a number no line takes (a server file without ``default:``): rejected, no charge."""
+    return Refusal(f"no line takes calls to {number or 'this number'} (add it, or a default, to lines:)",
+                   _reject(), "no_line")
 
 
 def normalise_number(number: str) -> str:
@@ -93,17 +101,19 @@ class CallGate:
             return Refusal(f"{self._max_calls} concurrent calls already", _busy(), "busy")
         return None
 
-    def stream_parameters(self, call_sid: str, caller: str = "", callee: str = "") -> dict[str, str]:
-        """Extra ``<Parameter>``s for the TwiML: the one-time stream token when checks are on.
+    def stream_parameters(self, call_sid: str, caller: str = "", callee: str = "", line: str = "") -> dict[str, str]:
+        """Extra ``<Parameter>``s for the TwiML: the line the call was given and, when checks are on, the
+        one-time stream token.
 
         ``caller`` and ``callee`` must be the ``caller``/``callee`` parameters the same TwiML carries
-        (absent = ""): the token is bound to them, and :meth:`check_stream` refuses a stream that
-        presents other ones.
+        (absent = ""): the token is bound to them and to ``line``, and :meth:`check_stream` refuses a
+        stream that presents other ones.
         """
+        parameters = {LINE_PARAMETER: line} if line else {}
         if not self.enforce or not call_sid:
-            return {}
+            return parameters
         assert self._tokens is not None
-        return {PARAMETER: self._tokens.issue(call_sid, caller, callee)}
+        return {**parameters, PARAMETER: self._tokens.issue(call_sid, caller, callee, line)}
 
     async def check_stream(self, start: Start) -> str | None:
         """A reason to close the stream with 1008, or None to let the call in."""
@@ -113,7 +123,8 @@ class CallGate:
             assert self._tokens is not None
             params = start.custom_parameters
             token = params.get(PARAMETER)
-            problem = self._tokens.check(start.call_sid, token, params.get("caller", ""), params.get("callee", ""))
+            problem = self._tokens.check(start.call_sid, token, params.get("caller", ""), params.get("callee", ""),
+                                         params.get(LINE_PARAMETER, ""))
             if problem:
                 return problem
             assert token is not None

@@ -24,6 +24,7 @@ class CallRecord:
     callee: str = ""  # To
     direction: str = "inbound"  # inbound | outbound
     pipeline: str = ""  # the YAML file the call ran (chain.source)
+    line: str = ""  # the server's line the call was on (its pipeline file's name); "" before lines existed
     status: str = "in_progress"  # ringing, in_progress, completed, busy, no_answer, failed
     outcome: str | None = None  # completed | rejected | backend_failure | caller_hung_up | ... (None while running)
     reason: str | None = None  # why (e.g. a refusal reason)

@@ -271,11 +271,15 @@ class CallStore:
         async with self._read() as conn:
             return [(_record(row), _message(row)) for row in await conn.execute(query)]
 
-    async def recent_calls(self, limit: int = 20, caller: str | None = None) -> list[CallRecord]:
-        """Newest first by started_at; ``caller`` keeps the calls with that number (as in forget)."""
+    async def recent_calls(self, limit: int = 20, caller: str | None = None,
+                           line: str | None = None) -> list[CallRecord]:
+        """Newest first by started_at; ``caller`` keeps the calls with that number (as in forget), ``line``
+        those on that line."""
         query = select(t.calls).order_by(t.calls.c.started_at.desc(), t.calls.c.call_sid.desc()).limit(max(limit, 0))
         if caller is not None:
             query = query.where(_party(caller))
+        if line is not None:
+            query = query.where(t.calls.c.line == line)
         async with self._read() as conn:
             return [_record(row) for row in await conn.execute(query)]
 

@@ -72,6 +72,7 @@ calls = Table(
     Column("callee", Text, nullable=False),
     Column("direction", Text, nullable=False),
     Column("pipeline", Text, nullable=False),
+    Column("line", Text, nullable=False, server_default=""),
     Column("status", Text, nullable=False),
     Column("outcome", Text),
     Column("reason", Text),
@@ -89,6 +90,7 @@ calls = Table(
     Index(None, "caller", "started_at"),
     Index(None, "callee", "started_at"),
     Index(None, "started_at"),
+    Index(None, "line", "started_at"),
 )
 
 turns = Table(

@@ -38,6 +38,8 @@ class CallInfo:
     caller: str = ""
     callee: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
+    line: str = ""
+    """The name of the line this call was given (its chain's line), for its record and metrics."""
     started_at: float = field(default_factory=time.time)
     stream: TwilioMediaStream | None = None
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_voice_bridge.dialing import dial, dial_problem
 from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.chain_source import ChainSource
+from agent_voice_bridge.lines import Line
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.storage import CallRecord, CallStore, Turn
 from agent_voice_bridge.storage.records import Message
@@ -37,6 +38,30 @@ class DialRequest(BaseModel):
     to: str = Field(description="The number to call, E.164 (+15551234567).")
     parameters: dict[str, str] = Field(default_factory=dict, description="Facts for the instructions' "
                                        "{placeholders}: why we are calling, for whom…")
+    line: str | None = Field(default=None, description="The line whose chain runs the call (it calls from the "
+                             "line's first number); default: the line of from, else of twilio.phone_number.")
+    from_: str | None = Field(default=None, alias="from", description="The number to call from (E.164): "
+                              "one of the server's; its line runs the call.")
+
+
+def outbound_line(chains: ChainSource, name: str | None, from_number: str | None,
+                  phone_number: str) -> tuple[Line, str]:
+    """The line an outbound call runs and the number it calls from: the named line (from its first number),
+    else the line of ``from`` (else of ``twilio.phone_number``); HTTP 400 when there is none."""
+    if name:
+        line = chains.line_named(name)
+        if line is None:
+            raise HTTPException(status_code=400, detail=f"no line {name!r}; lines: "
+                                f"{', '.join(l.name for l in chains.lines)}")
+        return line, from_number or (line.numbers[0] if line.numbers else phone_number)
+    number = e164(from_number) if from_number else phone_number
+    if from_number and not number:
+        raise HTTPException(status_code=400, detail=f"from {from_number!r} is not an E.164 number (+15551234567)")
+    line = chains.line_for(number or "")
+    if line is None:
+        raise HTTPException(status_code=400, detail=f"no line takes {number!r}: name a line, or call from one "
+                            "of its numbers")
+    return line, number or phone_number
 
 
 def calls_router(config: BridgeConfig, storage: CallStore | None, chains: ChainSource) -> APIRouter:
@@ -67,9 +92,9 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chains: ChainS
         problem = dial_problem(config)
         if problem:
             raise HTTPException(status_code=503, detail=problem)
+        line, from_number = outbound_line(chains, body.line, body.from_, config.twilio.phone_number)
         try:
-            line = chains.chain_for(config.twilio.phone_number)  # the number it calls from
-            placed = await dial(config, store, body.to, body.parameters, line.source)
+            placed = await dial(config, store, body.to, body.parameters, line.chain.source, line.name, from_number)
         except (TwilioUnreachable, TwilioRefused) as exc:  # Twilio's trouble, not the request's: one line, no trace
             logger.warning(f"dialling failed: {exc}")
             raise HTTPException(status_code=503 if isinstance(exc, TwilioUnreachable) else 502,
@@ -81,12 +106,12 @@ def calls_router(config: BridgeConfig, storage: CallStore | None, chains: ChainS
 
     @router.get("/calls")
     async def list_calls(request: Request, limit: int = Query(20, ge=1, le=500),
-                         caller: str | None = None) -> dict[str, Any]:
+                         caller: str | None = None, line: str | None = None) -> dict[str, Any]:
         store = stored(request)
         number = None if caller is None else e164(caller)  # the one parser: as the records were written
         if caller is not None and number is None:
             raise HTTPException(status_code=400, detail=f"caller {caller!r} is not an E.164 number (+15551234567)")
-        return {"calls": [as_json(r) for r in await store.recent_calls(limit, caller=number)]}
+        return {"calls": [as_json(r) for r in await store.recent_calls(limit, caller=number, line=line)]}
 
     @router.get("/calls/{call_sid}")
     async def show_call(request: Request, call_sid: str) -> dict[str, Any]:

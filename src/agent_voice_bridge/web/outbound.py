@@ -64,11 +64,16 @@ def outbound_router(config: BridgeConfig, gate: CallGate, webhooks: SignedWebhoo
                            "direction": "outbound"})
         if answered_by:
             parameters["answeredBy"] = answered_by
-        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
+        named = request.query_params.get("line")  # dial's choice, in the URL Twilio signed
+        line = chains.line_named(named) if named else chains.line_for(parameters["caller"])
+        if line is None:
+            logger.warning(f"call {call_sid}: answered, but no line {named or parameters['caller']!r} here")
+            return Response(machine_twiml(None), media_type="application/xml")
+        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"], line.name))
         if call_sid:
             early = CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
-                             callee=parameters["callee"], parameters=parameters)
-            chains.chain_for(early.line_number).connect_early(early)
+                             callee=parameters["callee"], parameters=parameters, line=line.name)
+            line.chain.connect_early(early)
         logger.info(f"call {call_sid}: {form.get('To', '?')} answered{f' ({answered_by})' if answered_by else ''}")
         return Response(connect_twiml(webhooks.stream_url(request), parameters), media_type="application/xml")
 

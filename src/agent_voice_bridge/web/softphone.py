@@ -204,11 +204,12 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) 
             raise HTTPException(status_code=503, detail="shutting down")
         call_sid = "CA" + uuid.uuid4().hex
         parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
-        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"]))
-        chain = chains.chain_for(parameters["callee"])
+        line = chains.lines.first  # the default line (the softphone has no number of its own)
+        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"], line.name))
+        chain = line.chain
         # The AI stage opens its session with this call's instructions, as /incoming does for Twilio's calls.
         chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
-                                     callee=parameters["callee"], parameters=parameters))
+                                     callee=parameters["callee"], parameters=parameters, line=line.name))
         logger.info(f"call {call_sid}: softphone token issued to "
                     f"{request.client.host if request.client else 'unknown'}")
         return JSONResponse({"callSid": call_sid, "streamPath": STREAM_PATH, "parameters": parameters,

@@ -1,0 +1,86 @@
+"""A server's lines: which checked chain each number called gets.
+
+Built whole from a :class:`~agent_voice_bridge.configuration.ServerSetup` (every chain checked before
+any serves) and never changed after: a reload builds a new :class:`Lines` and swaps it in, so a call
+that looked up its line keeps a consistent chain whatever happens next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent_voice_bridge.configuration import ServerSetup, load_setup
+from agent_voice_bridge.phone_numbers import e164
+from agent_voice_bridge.pipelines.chain import Chain, build_chain
+from agent_voice_bridge.pipelines.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line: a name (its pipeline file's), the numbers that reach it, and its chain."""
+
+    name: str
+    numbers: tuple[str, ...]
+    default: bool
+    chain: Chain
+
+    def reached_by(self) -> str:
+        """Its numbers for the banner and /healthz: ``+15550100, +15550102 (default)``."""
+        return ", ".join(self.numbers + (("default",) if self.default else ())) or "-"
+
+
+class Lines:
+    """The lines of one configuration, looked up by the number called (or placed from) or by name."""
+
+    def __init__(self, lines: list[Line], digest: str = "") -> None:
+        if not lines:
+            raise ValueError("a server needs at least one line")
+        self._lines = {line.name: line for line in lines}
+        self._numbers = {number: line for line in lines for number in line.numbers}
+        self._default = next((line for line in lines if line.default), None)
+        self.digest = digest
+
+    @classmethod
+    def single(cls, chain: Chain) -> Lines:
+        """One chain for every number: a server run from one pipeline file."""
+        return cls([Line("default", (), True, chain)])
+
+    def __iter__(self) -> Iterator[Line]:
+        return iter(self._lines.values())
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def for_number(self, number: str) -> Line | None:
+        """The line ``number`` reaches (any spelling of it), else the default line, else None."""
+        return self._numbers.get(e164(number) or number, self._default)
+
+    def named(self, name: str) -> Line | None:
+        return self._lines.get(name)
+
+    @property
+    def first(self) -> Line:
+        """The default line, else the first listed: what the softphone calls and /healthz shows as "pipeline"."""
+        return self._default or next(iter(self._lines.values()))
+
+
+def load_lines(path: str | None) -> tuple[ServerSetup, Lines]:
+    """Load the file given (and every pipeline file it names) and check every chain; raises ConfigError
+    with the problems of every file at once: what ``check``, ``serve`` and a reload run."""
+    setup = load_setup(path, keep_going=True)
+    return setup, build_lines(setup)
+
+
+def build_lines(setup: ServerSetup) -> Lines:
+    """Every line's chain, checked; raises ConfigError with the problems of every file at once."""
+    problems: list[str] = list(setup.problems)
+    lines: list[Line] = []
+    for file in setup.lines:
+        try:
+            lines.append(Line(file.name, file.numbers, file.default, build_chain(file.loaded)))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Lines(lines, setup.digest())
