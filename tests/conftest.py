@@ -58,6 +58,7 @@ class LiveServer:
                  store: LimitStore | None = None, drain_seconds: float = 5.0, port: int | None = None,
                  config_file: str | os.PathLike[str] | None = None):
         """``yaml_text`` (named ``path``), or ``config_file``: a file on disk, e.g. a server file with ``lines:``."""
+        setup = None
         if config_file is not None:
             setup = load_setup(str(config_file))
             lines: Lines | Chain = build_lines(setup)
@@ -72,7 +73,8 @@ class LiveServer:
         if "url" not in loaded.config.storage.model_fields_set:  # never the working directory's database
             url = f"sqlite:///{self._tmp.name}/calls.db"
         self.storage: CallStore | None = CallStore(url) if url else None
-        self.app = create_app(loaded.config, lines, store or MemoryLimitStore(), self.storage)
+        self.app = create_app(loaded.config, lines, store or MemoryLimitStore(), self.storage,
+                              setup=setup if config_file is not None else None)
         self.port = port or free_port()
         self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port), drain_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -115,7 +115,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               workers=workers, tls=tls, max_connections=server.max_connections)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
-                         lines), host=host, port=port, drain_seconds=drain, tls=tls,
+                         lines, setup=setup), host=host, port=port, drain_seconds=drain, tls=tls,
               max_connections=server.max_connections)
     return 0
 

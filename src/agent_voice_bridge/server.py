@@ -8,9 +8,11 @@ the :class:`CallGate` (policy, limits, stream token).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
+import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response, WebSocket
@@ -21,7 +23,9 @@ from agent_voice_bridge.calls.records import recall, record_refusal
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.calls.session import run_call
 from agent_voice_bridge.chain_source import ChainSource
+from agent_voice_bridge.configuration import ServerSetup
 from agent_voice_bridge.lines import Lines
+from agent_voice_bridge.reloading import Reloader
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -61,10 +65,37 @@ def open_storage(config: BridgeConfig) -> CallStore | None:
     return CallStore(config.storage.url) if config.storage.url else None
 
 
+@contextlib.asynccontextmanager
+async def live_edits(reloader: Reloader | None) -> AsyncIterator[None]:
+    """While the app serves: reload on a change to its files (watchfiles) and on SIGHUP."""
+    if reloader is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(reloader.watch(stop), name="config-watcher")
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reloader.reload("SIGHUP")))
+        on_hangup = True
+    except (RuntimeError, ValueError):  # not the main thread (an app served in a test's thread): watching only
+        on_hangup = False
+    try:
+        yield
+    finally:
+        if on_hangup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        stop.set()
+        try:
+            await asyncio.wait_for(watcher, 5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            watcher.cancel()
+
+
 def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | None = None,
-               storage: CallStore | None = None) -> FastAPI:
+               storage: CallStore | None = None, setup: ServerSetup | None = None) -> FastAPI:
     """The app serving ``chain``, or each of ``lines`` on its numbers (swap them with ``app.state.chains``).
-    ``storage`` defaults to ``storage.url`` from the config (None: keep nothing)."""
+    ``storage`` defaults to ``storage.url`` from the config (None: keep nothing). ``setup``: the files
+    ``chain`` was loaded from; the app then reloads them when they change and on SIGHUP (live edits)."""
     storage = storage if storage is not None else open_storage(config)
 
     @contextlib.asynccontextmanager
@@ -75,7 +106,8 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
             await storage.migrate()
             logger.info(f"call records: {storage.url_for_display}")
         freeze_start_up_objects()
-        yield
+        async with live_edits(reloader):
+            yield
         if storage is not None:
             await message_transcriber.drain()  # a message being transcribed keeps its transcript
             await storage.close()
@@ -92,6 +124,8 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
     calls = CallRegistry()
     app.state.calls = calls
     app.state.chains = chains
+    reloader = Reloader(setup, chains) if setup is not None else None
+    app.state.reloader = reloader
     app.state.gate = gate
     app.state.storage = storage
     webhooks = SignedWebhooks(gate, server)
@@ -109,6 +143,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
                 "pipeline": chains.current.source, "security": gate.mode,
                 "lines": {line.name: {"numbers": line.reached_by(), "pipeline": line.chain.source}
                           for line in chains.lines},
+                **({"config": reloader.status()} if reloader is not None else {}),
                 **({"warning": DEVELOPMENT_WARNING} if gate.mode == "development" else {})}
 
     @app.post("/incoming")
@@ -179,4 +214,4 @@ def app_from_environment() -> FastAPI:
     setup, lines = load_lines(os.environ.get(CONFIG_ENV) or None)
     port = int(os.environ.get("VOICE_BRIDGE_PORT", setup.config.server.port))
     config = setup.config.model_copy(update={"server": setup.config.server.model_copy(update={"port": port})})
-    return create_app(config, lines)
+    return create_app(config, lines, setup=setup)

@@ -99,6 +99,7 @@ def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, wor
     config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str),
                             max_connections=max_connections, **tls_files)
     if workers <= 1:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's own handler reloads (never a kill)
         DrainingServer(config, drain_seconds).run()
         return
     _run_workers(config, drain_seconds, workers)
@@ -109,7 +110,8 @@ def _run_workers(config: uvicorn.Config, drain_seconds: float, workers: int) -> 
 
     uvicorn's own supervisor builds a plain ``uvicorn.Server`` in every worker (and
     its API changed across versions), which would hang up live calls on SIGTERM.
-    Here SIGTERM/SIGINT are passed on to every worker, so each drains its own calls.
+    Here SIGTERM/SIGINT are passed on to every worker, so each drains its own calls, and SIGHUP
+    too, so each reloads its configuration: no signal ends the supervisor and leaves its workers behind.
     """
     sock = config.bind_socket()
     spawn = multiprocessing.get_context("spawn")
@@ -121,7 +123,7 @@ def _run_workers(config: uvicorn.Config, drain_seconds: float, workers: int) -> 
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, sig)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for process in processes:
             process.start()
@@ -138,4 +140,5 @@ def _worker(config: uvicorn.Config, drain_seconds: float, sock: socket.socket) -
     from agent_voice_bridge.log_setup import configure
 
     configure(os.environ.get(LOG_LEVEL_ENV, "INFO"))  # a spawned process starts with loguru's defaults
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked before the app is up must not kill the worker
     DrainingServer(config, drain_seconds).run(sockets=[sock])
