@@ -18,6 +18,7 @@ from agent_voice_bridge.pipelines.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
+    from agent_voice_bridge.pipelines.config import BridgeConfig
     from agent_voice_bridge.lines import Lines
     from agent_voice_bridge.transports.simulated_caller import Step
 
@@ -53,15 +54,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if checked is None:
         return 1
     setup, lines = checked
+    from agent_voice_bridge.pipelines.endpoints import endpoint_notes
+
     if not setup.has_lines:
         chain = lines.first.chain
         print(f"{setup.path}: OK, {len(chain.stages)} stages")
         print(chain.describe())
-        return 0
-    print(f"{setup.path}: OK, {len(lines)} line(s)")
+    else:
+        print(f"{setup.path}: OK, {len(lines)} line(s)")
+        for line in lines:
+            print(f"\nline {line.name} ({line.reached_by()}): {line.chain.source}, {len(line.chain.stages)} stages")
+            print(line.chain.describe())
     for line in lines:
-        print(f"\nline {line.name} ({line.reached_by()}): {line.chain.source}, {len(line.chain.stages)} stages")
-        print(line.chain.describe())
+        for note in endpoint_notes(line.chain):
+            print(note)
     return 0
 
 
@@ -75,7 +81,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from agent_voice_bridge.metrics import MULTIPROC_ENV
     from agent_voice_bridge.server import CONFIG_ENV, create_app
-    from agent_voice_bridge.serving import LOG_LEVEL_ENV, serve
+    from agent_voice_bridge.pipelines.endpoints import endpoint_notes
+    from agent_voice_bridge.serving import LOG_LEVEL_ENV, local_url, serve
 
     checked = load_lines(args.config)
     if checked is None:
@@ -93,6 +100,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 return 1
     http, ws = ("https", "wss") if tls else ("http", "ws")
     print(banner(setup, lines, f"{http}://{host}:{port}"), file=sys.stderr)
+    for line in lines:
+        for note in endpoint_notes(line.chain):
+            print(f"  {note}", file=sys.stderr)
     if any(s.name == "echo" for line in lines for s in line.chain.stages):
         missing = "no AI key" if not any(os.environ.get(k) for k in AI_KEYS) else "the echo chain"
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -106,18 +116,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"*** {DEVELOPMENT_WARNING} ***", file=sys.stderr)
     drain = loaded.config.server.drain_seconds
     workers = args.workers or usable_cores()
+    ready = ready_line(loaded.config, local_url(host, port, tls is not None), workers)
     if workers > 1:
         os.environ[LOG_LEVEL_ENV] = args.log_level
         os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="voice-bridge-metrics-"))
         os.environ[CONFIG_ENV] = loaded.path if not loaded.path.startswith("<") else ""
         os.environ["VOICE_BRIDGE_PORT"] = str(port)
         serve("agent_voice_bridge.server:app_from_environment", host=host, port=port, drain_seconds=drain,
-              workers=workers, tls=tls, max_connections=server.max_connections)
+              workers=workers, tls=tls, max_connections=server.max_connections, ready=ready)
     else:
         serve(create_app(loaded.config.model_copy(update={"server": server.model_copy(update={"port": port})}),
                          lines, setup=setup), host=host, port=port, drain_seconds=drain, tls=tls,
-              max_connections=server.max_connections)
+              max_connections=server.max_connections, ready=ready)
     return 0
+
+
+def ready_line(config: BridgeConfig, local: str, workers: int) -> str:
+    """The one line ``serve`` prints once every worker answers: where Twilio, a browser and a scraper go."""
+    from agent_voice_bridge.web.softphone import softphone_enabled
+
+    public = config.server.public_url or local
+    stream = public.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    urls = [f"Twilio webhook {public}/incoming", f"media stream {stream}/media-stream"]
+    if softphone_enabled(config):
+        urls.append(f"softphone {local}/phone")
+    urls += [f"{local}/healthz", f"{local}/metrics"]
+    return f"voice-bridge: ready, {workers} worker{'s' if workers != 1 else ''} answering: {', '.join(urls)}"
 
 
 def banner(setup: ServerSetup, lines: Lines, url: str) -> str:

@@ -14,6 +14,9 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
+import time
 from types import FrameType
 
 import uvicorn
@@ -89,12 +92,15 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, workers: int = 1,
-          tls: TlsConfig | None = None, max_connections: int | None = MAX_CONNECTIONS) -> None:
+          tls: TlsConfig | None = None, max_connections: int | None = MAX_CONNECTIONS, ready: str | None = None) -> None:
     """One process, or ``workers`` processes sharing the port (``app`` must then be an import string).
 
     With ``tls`` (``server.tls``) uvicorn itself speaks https:// and wss:// with that certificate.
-    ``max_connections`` is per process (``server.max_connections``).
+    ``max_connections`` is per process (``server.max_connections``). ``ready`` is printed (stderr) once
+    every worker answers ``/healthz``.
     """
+    if ready is not None:
+        announce_when_ready(ready, local_url(host, port, tls is not None), workers)
     tls_files = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key} if tls is not None else {}
     config = uvicorn_config(app, host, port, workers=workers, factory=isinstance(app, str),
                             max_connections=max_connections, **tls_files)
@@ -103,6 +109,43 @@ def serve(app: FastAPI | str, *, host: str, port: int, drain_seconds: float, wor
         DrainingServer(config, drain_seconds).run()
         return
     _run_workers(config, drain_seconds, workers)
+
+
+def local_url(host: str, port: int, tls: bool) -> str:
+    """This machine's URL of a server listening on ``host``: a wildcard address is reached on loopback."""
+    address = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{'https' if tls else 'http'}://{address}:{port}"
+
+
+def announce_when_ready(message: str, base: str, workers: int, timeout: float = 300.0) -> threading.Thread:
+    """Print ``message`` once ``workers`` different processes have answered ``base``/healthz.
+
+    Each probe is a fresh connection, which the kernel hands to whichever worker accepts first, so
+    every worker is seen within a few probes once all are up; until then nothing claims the server is ready.
+    """
+
+    def probe() -> None:
+        import httpx
+
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < workers and time.monotonic() < deadline:
+            try:
+                # verify=False: our own server on this machine, asked only for its pid (its certificate may
+                # name the public host, not 127.0.0.1).
+                seen.add(httpx.get(f"{base}/healthz", timeout=2, verify=False).json()["pid"])
+            except (httpx.HTTPError, ValueError, KeyError):
+                time.sleep(0.1)
+        if len(seen) >= workers:
+            print(message, file=sys.stderr, flush=True)
+        else:
+            logger.warning(f"only {len(seen)} of {workers} workers answered {base}/healthz in {timeout:g} s")
+
+    thread = threading.Thread(target=probe, name="ready-probe", daemon=True)
+    thread.start()
+    return thread
 
 
 def _run_workers(config: uvicorn.Config, drain_seconds: float, workers: int) -> None:
