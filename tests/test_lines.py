@@ -130,3 +130,35 @@ async def test_an_unquoted_number_is_refused_with_its_line(tmp_path: Path, capsy
     assert await run_cli("check", "-c", str(path)) == 1
     err = capsys.readouterr().err
     assert f"{path}:3:" in err and 'quote the number, as in "+15550100"' in err, err
+
+
+async def test_an_outbound_call_runs_the_line_it_names_or_calls_from(tmp_path: Path) -> None:
+    from agent_voice_bridge.storage import CallStore
+    from agent_voice_bridge.transports.simulated_caller import parse_twiml
+    from conftest import free_port
+    from fakes.twilio_rest import FakeTwilioRest
+
+    account, key, callee = "AC" + "7" * 32, "dial-key", "+15557654321"
+    port = free_port()
+    with FakeTwilioRest(account, TOKEN) as twilio:
+        path = write_lines(tmp_path, server={"host": "127.0.0.1", "public_url": f"http://127.0.0.1:{port}",
+                                             "api_key": key},
+                           twilio={"account_sid": account, "auth_token": TOKEN, "phone_number": OTHER,
+                                   "api_base_url": twilio.url})
+        with LiveServer(config_file=path, port=port) as server:
+            assert await run_cli("dial", callee, "-c", str(path), "--line", "support") == 0
+            async with httpx.AsyncClient() as client:
+                placed = await client.post(f"http://127.0.0.1:{port}/calls", headers={"X-API-Key": key},
+                                           json={"to": callee, "from": SALES})
+                assert placed.status_code == 201, placed.text
+            by_line, by_from = twilio.calls
+            assert (by_line.form["From"], by_from.form["From"]) == (SUPPORT, SALES), "each calls from its line"
+            for placed_call, loops_back in ((by_line, True), (by_from, False)):
+                stream_url, parameters = parse_twiml(await twilio.answer(placed_call.sid, "human"))
+                result = await run_call(stream_url, [Pause(0.2), Say(speech("hello-world"), "hello"),
+                                                     WaitQuiet(idle=0.8)],
+                                        call_sid=placed_call.sid, custom_parameters=parameters)
+                assert answers_while_talking(result) is loops_back, result.timeline()
+            server.wait_idle(finished=2)
+            lines = [server.db(CallStore.get_call, c.sid).line for c in (by_line, by_from)]
+            assert lines == ["support", "sales"]
