@@ -16,6 +16,7 @@ def test_bench_without_the_harness_says_in_one_line_how_to_run_it(monkeypatch: p
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cli, "CHECKOUT", tmp_path)  # an installed package: no bench/ beside it
     monkeypatch.setitem(sys.modules, "bench", None)  # and none on the path
+    monkeypatch.setitem(sys.modules, "bench.__main__", None)  # nor already imported by another test in this process
     assert cli.main(["bench", "--quick"]) == 2
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and "python -m bench" in said[0], said
