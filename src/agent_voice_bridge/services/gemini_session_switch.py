@@ -33,6 +33,8 @@ from agent_voice_bridge.transports.call_info import CallInfo
 
 SWITCH_MARGIN_SECS = 2.0
 """With less than this left before the announced cut, switch at once instead of waiting for the turn to end."""
+HANDLE_WAIT_SECS = 1.0
+"""How long a switch waits, at the turn's end, for the handle that covers the turn (it follows turnComplete)."""
 
 
 def seconds_of(duration: str | None) -> float:
@@ -54,6 +56,8 @@ class SessionSwitch:
         self._next_session: tuple[Any, Any] | None = None
         self._switch_task: asyncio.Task | None = None
         self._turn_ended = asyncio.Event()
+        self._handle_fresh = asyncio.Event()
+        """Set when a resumption handle arrives, cleared at each turn's end: the handle then lags the turn."""
         self._held: list[Callable[[], Awaitable[None]]] | None = None
         self._new_session_ready: asyncio.Future | None = None
 
@@ -63,6 +67,10 @@ class SessionSwitch:
         await super()._handle_server_message(message)  # type: ignore[misc]
         if message.server_content is not None and message.server_content.turn_complete:
             self._turn_ended.set()
+            self._handle_fresh.clear()
+        update = message.session_resumption_update
+        if update is not None and update.resumable and update.new_handle:
+            self._handle_fresh.set()
         if message.go_away is not None and self._switch_task is None:
             time_left = seconds_of(message.go_away.time_left)
             logger.info(f"{self}: goAway, {time_left:g} s left on this session; switching to a new one")
@@ -137,6 +145,11 @@ class SessionSwitch:
         cut_at = loop.time() + time_left
         try:
             await self._wait_for_turn_boundary(time_left - SWITCH_MARGIN_SECS)
+            # The server issues the handle that covers a finished turn in a message after its turnComplete:
+            # without it the new session would not remember the reply the caller just heard.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._handle_fresh.wait(),
+                                       max(0.0, min(HANDLE_WAIT_SECS, cut_at - loop.time() - SWITCH_MARGIN_SECS)))
             self._held = []
             try:
                 self._next_session = await self._open_next_session(max(0.5, cut_at - loop.time()))
