@@ -7,18 +7,9 @@ from pathlib import Path
 import pytest
 
 from agent_voice_bridge.cli import main
+from test_pipelines import ECHO_CHAIN
 
-CHAIN = """\
-pipeline:
-  - twilio.input
-  - mulaw.decode
-  - resample: {rate: 16000}
-  - vad.interrupter
-  - echo
-  - resample: {rate: 8000}
-  - mulaw.encode
-  - twilio.output
-"""
+CHAIN = ECHO_CHAIN.lstrip("\n")  # starts on the file's first line: the line numbers below count from it
 
 
 def check(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> str:

@@ -121,15 +121,21 @@ def _undeclared_keys(value: Any, path: str) -> list[str]:
     return found
 
 
+def _json_object(raw: str | bytes) -> dict[str, Any] | str:
+    """The frame as a JSON object, or the violation that it is not one."""
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return f"<message>: not JSON: {raw[:60]!r}"
+    return decoded if isinstance(decoded, dict) else f"<message>: not a JSON object: {raw[:60]!r}"
+
+
 def _check_openai(raw: str | bytes, adapter: TypeAdapter[Any]) -> list[str]:
     if isinstance(raw, bytes):
         return ["<message>: a binary frame (OpenAI Realtime events are JSON text frames)"]
-    try:
-        event = json.loads(raw)
-    except ValueError:
-        return [f"<message>: not JSON: {raw[:60]!r}"]
-    if not isinstance(event, dict):
-        return [f"<message>: not a JSON object: {raw[:60]!r}"]
+    event = _json_object(raw)
+    if isinstance(event, str):
+        return [event]
     kind = event.get("type")
     try:
         model = adapter.validate_json(raw, strict=True)
@@ -187,12 +193,9 @@ def _model_errors(model: type[pydantic.BaseModel], text: str, prefix: tuple[Any,
 
 def _check_gemini(raw: str | bytes, model: type[pydantic.BaseModel],
                   subtrees: dict[tuple[str, str], tuple[type[pydantic.BaseModel], str]]) -> list[str]:
-    try:
-        decoded = json.loads(raw)
-    except ValueError:
-        return [f"<message>: not JSON: {raw[:60]!r}"]
-    if not isinstance(decoded, dict):
-        return [f"<message>: not a JSON object: {raw[:60]!r}"]
+    decoded = _json_object(raw)
+    if isinstance(decoded, str):
+        return [decoded]
     if not decoded:
         return ["<message>: empty object (holds none of the message kinds)"]
     problems: list[str] = []

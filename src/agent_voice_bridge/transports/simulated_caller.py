@@ -559,48 +559,45 @@ class _Call:
         self._event("speech_end", label)
         self._stale_until = None  # the server may now legitimately answer the new utterance
 
-    async def _wait_heard(self, step: WaitHeard) -> None:
-        since = self._last_onset if self._last_onset is not None else self.now()
-        budget = _frames_in(step.timeout)
-        while not any(t >= since - 1e-9 for t in self._audio_starts):
+    async def _silent_until(self, done: Callable[[], bool], timeout: float, kind: str, why: str) -> bool:
+        """Send silence frame by frame until ``done()``; after ``timeout`` s record ``kind``/``why`` instead.
+
+        True when ``done()`` came true, False on the timeout or a closed call.
+        """
+        budget = _frames_in(timeout)
+        while not done():
             if budget <= 0:
-                self._event("timeout", f"WaitHeard: no reply within {step.timeout:g} s")
-                return
+                self._event(kind, why)
+                return False
             budget -= 1
             if not await self._tick(_SILENT_FRAME):
-                return
-        await self._silence(step.after)
+                return False
+        return True
+
+    def _reply_began(self) -> Callable[[], bool]:
+        """Whether audio started since the caller's last utterance began (or since now, before any)."""
+        since = self._last_onset if self._last_onset is not None else self.now()
+        return lambda: any(t >= since - 1e-9 for t in self._audio_starts)
+
+    async def _wait_heard(self, step: WaitHeard) -> None:
+        if await self._silent_until(self._reply_began(), step.timeout, "timeout",
+                                    f"WaitHeard: no reply within {step.timeout:g} s"):
+            await self._silence(step.after)
 
     async def _wait_quiet(self, step: WaitQuiet) -> None:
         began = self.now()
-        budget = _frames_in(step.timeout)
-        while not (self._playback.empty and self.now() - max(self._last_media_t, began) >= step.idle - 1e-9):
-            if budget <= 0:
-                self._event("timeout", f"WaitQuiet: still hearing audio after {step.timeout:g} s")
-                return
-            budget -= 1
-            if not await self._tick(_SILENT_FRAME):
-                return
+        await self._silent_until(
+            lambda: self._playback.empty and self.now() - max(self._last_media_t, began) >= step.idle - 1e-9,
+            step.timeout, "timeout", f"WaitQuiet: still hearing audio after {step.timeout:g} s")
 
     async def _wait_reply(self, step: WaitReply) -> None:
-        since = self._last_onset if self._last_onset is not None else self.now()
-        budget = _frames_in(step.timeout)
-        while not any(t >= since - 1e-9 for t in self._audio_starts):
-            if budget <= 0:
-                self._event("gave_up", f"no {step.what} began within {step.timeout:g} s")
-                return
-            budget -= 1
-            if not await self._tick(_SILENT_FRAME):
-                return
-        budget = _frames_in(step.longest)
-        while not (self._playback.empty
-                   and self.now() - max(self._last_media_t, self._last_played_t) >= step.idle - 1e-9):
-            if budget <= 0:
-                self._event("gave_up", f"the {step.what} still played after {step.longest:g} s")
-                return
-            budget -= 1
-            if not await self._tick(_SILENT_FRAME):
-                return
+        if not await self._silent_until(self._reply_began(), step.timeout, "gave_up",
+                                        f"no {step.what} began within {step.timeout:g} s"):
+            return
+        await self._silent_until(
+            lambda: self._playback.empty
+            and self.now() - max(self._last_media_t, self._last_played_t) >= step.idle - 1e-9,
+            step.longest, "gave_up", f"the {step.what} still played after {step.longest:g} s")
 
     async def _until(self, step: Until) -> None:
         deadline = self.now() + step.timeout
