@@ -53,11 +53,15 @@ async def answer_to_unfinished_body(port: int, path: str, content_type: str, *, 
 
 async def bytes_taken_from_a_flood(port: int, path: str, content_type: str, *, chunked: bool) -> int:
     """Send up to OFFERED bytes of body as fast as the server takes them; how many it took before hanging up."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    piece = chunk(262144) if chunked else b"x" * 262144
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_head(path, content_type, chunked=chunked))
+    return await flood(writer, chunk(262144) if chunked else b"x" * 262144)
+
+
+async def flood(writer: asyncio.StreamWriter, piece: bytes) -> int:
+    """Write ``piece`` until OFFERED bytes are sent or the server hangs up; the bytes it took."""
     sent = 0
     try:
-        writer.write(request_head(path, content_type, chunked=chunked))
         while sent < OFFERED:
             writer.write(piece)
             await asyncio.wait_for(writer.drain(), 10)
@@ -98,3 +102,21 @@ async def test_the_cap_is_configurable_and_a_body_within_it_reaches_the_route() 
         status = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
     assert status.startswith(b"HTTP/1.1 413"), status
+
+
+async def test_an_answer_before_the_body_ends_closes_the_connection_so_the_rest_is_never_read() -> None:
+    """A multipart body broken in its first bytes fails to parse before the cap: the app answers at once.
+
+    Without ``Connection: close`` on that answer uvicorn kept the connection and read the rest of
+    the unfinished body, however long (found by CI, when the first read held fewer bytes than the cap).
+    """
+    with LiveServer(signed_yaml(), env={}) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request_head("/incoming", "multipart/form-data; boundary=xyz", chunked=True) + chunk(16))
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        assert status.startswith(b"HTTP/1.1 4"), status
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert b"connection: close" in head.lower(), head
+        sent = await flood(writer, chunk(262144))
+        assert sent < TAKEN_BOUND, f"the server took {sent} bytes after answering"

@@ -7,6 +7,11 @@ this ASGI middleware answers 413 as soon as a body is known to be too big: from
 ``Content-Length`` before reading a byte, or, for chunked bodies, the moment the
 bytes received pass the cap. WebSockets (the media stream) are not touched; their
 messages have their own cap in uvicorn.
+
+An answer sent before the body is finished (the app's own 400 for a form that
+fails to parse in its first bytes) carries ``Connection: close``: otherwise
+uvicorn keeps the connection and reads the unfinished body, however long, to
+the end.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ class BodyLimit:
 
         received = 0
         started = answered = False
+        body_finished = declared == 0 or (declared is None and not _has_header(scope, b"transfer-encoding"))
 
         async def limited_receive() -> Message:
-            nonlocal received, answered
+            nonlocal received, answered, body_finished
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_finished = not message.get("more_body", False)
                 if received > self.max_bytes:
                     if not started:
                         await _answer(send, 413, f"request body over {self.max_bytes} bytes")
@@ -62,6 +69,8 @@ class BodyLimit:
                 return
             if message["type"] == "http.response.start":
                 started = True
+                if not body_finished:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -69,6 +78,10 @@ class BodyLimit:
         except Exception:
             if not answered:  # FastAPI may wrap our exception; anything else is the app's own
                 raise
+
+
+def _has_header(scope: Scope, wanted: bytes) -> bool:
+    return any(name == wanted for name, _ in scope.get("headers", ()))
 
 
 def _content_length(scope: Scope) -> int | None:
