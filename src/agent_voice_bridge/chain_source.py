@@ -10,15 +10,19 @@ running keep their chain, untouched; the next call gets the new one.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agent_voice_bridge.lines import Line, Lines
 from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.config import BridgeConfig
 
 
 class ChainSource:
     """The lines new calls get, swappable atomically (one reference replaced; asyncio never sees half)."""
 
-    def __init__(self, lines: Lines | Chain) -> None:
-        self._lines = lines if isinstance(lines, Lines) else Lines.single(lines)
+    def __init__(self, lines: Lines | Chain, config: BridgeConfig | None = None) -> None:
+        """``lines``, or one chain for every number under ``config``'s security and storage."""
+        self._lines = lines if isinstance(lines, Lines) else Lines.single(lines, config)
 
     @property
     def lines(self) -> Lines:
@@ -43,8 +47,9 @@ class ChainSource:
         return (line or self._lines.first).chain
 
     def swap(self, lines: Lines | Chain) -> None:
-        """Serve ``lines`` (already checked) to calls from now on; they warm up first, so no call waits for that."""
-        lines = lines if isinstance(lines, Lines) else Lines.single(lines)
+        """Serve ``lines`` (already checked) to calls from now on; they warm up first, so no call waits for that.
+        A single chain replaces the first line's, under that line's rules."""
+        lines = lines if isinstance(lines, Lines) else Lines([replace(self._lines.first, chain=lines)])
         for line in lines:
             line.chain.warm_up()
         self._lines = lines

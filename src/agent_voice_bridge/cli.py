@@ -292,8 +292,14 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     forgotten = asyncio.run(_with_store(store, lambda s: s.forget_caller(number)))
+    from agent_voice_bridge.configuration import line_specs
     from agent_voice_bridge.security.limits import forget_caller_limits
-    forget_caller_limits(load_config(args.config).config, number)  # their rate-limit window, too
+    from agent_voice_bridge.security.policy import CallerPolicy
+
+    loaded = load_config(args.config)
+    scopes = [CallerPolicy.of(loaded.config.security, spec.security, spec.name).rate_scope
+              for spec in line_specs(loaded)[0]]
+    forget_caller_limits(loaded.config, number, filter(None, scopes))  # their rate-limit windows, too
     if not forgotten.calls:
         print(f"voice-bridge forget: no calls with {number} in {store.url_for_display}: nothing deleted",
               file=sys.stderr)

@@ -8,22 +8,35 @@ that looked up its line keeps a consistent chain whatever happens next.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from agent_voice_bridge.configuration import ServerSetup, load_setup
+from agent_voice_bridge.configuration import LineFile, ServerSetup, load_setup
 from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.pipelines.chain import Chain, build_chain
+from agent_voice_bridge.pipelines.config import BridgeConfig, LineStorage, overlay
 from agent_voice_bridge.pipelines.errors import ConfigError
+from agent_voice_bridge.security.policy import CallerPolicy
 
 
 @dataclass(frozen=True)
 class Line:
-    """One line: a name (its pipeline file's), the numbers that reach it, and its chain."""
+    """One line: a name (its pipeline file's, or its key's), the numbers that reach it, its chain, and the
+    rules for its calls (the server's ``security``/``storage`` with the line's own keys over them)."""
 
     name: str
     numbers: tuple[str, ...]
     default: bool
     chain: Chain
+    policy: CallerPolicy = field(default_factory=CallerPolicy)
+    """Who may call it, how often, for how long (the gate applies it at ``/incoming``, the session its time limit)."""
+    storage: LineStorage = field(default_factory=LineStorage)
+    """Whether its calls are recorded, and where."""
+
+    @classmethod
+    def of(cls, file: LineFile, chain: Chain, server: BridgeConfig) -> Line:
+        return cls(file.name, file.numbers, file.default, chain,
+                   CallerPolicy.of(server.security, file.security, file.name),
+                   overlay(server.storage, file.storage, LineStorage))
 
     def reached_by(self) -> str:
         """Its numbers for the banner and /healthz: ``+15550100, +15550102 (default)``."""
@@ -42,9 +55,11 @@ class Lines:
         self.digest = digest
 
     @classmethod
-    def single(cls, chain: Chain) -> Lines:
-        """One chain for every number: a server run from one pipeline file."""
-        return cls([Line("default", (), True, chain)])
+    def single(cls, chain: Chain, config: BridgeConfig | None = None) -> Lines:
+        """One chain for every number, under ``config``'s security and storage: a server run from one pipeline file."""
+        config = config or BridgeConfig()
+        return cls([Line("default", (), True, chain, CallerPolicy.of(config.security),
+                         overlay(config.storage, None, LineStorage))])
 
     def __iter__(self) -> Iterator[Line]:
         return iter(self._lines.values())
@@ -78,7 +93,7 @@ def build_lines(setup: ServerSetup) -> Lines:
     lines: list[Line] = []
     for file in setup.lines:
         try:
-            lines.append(Line(file.name, file.numbers, file.default, build_chain(file.loaded)))
+            lines.append(Line.of(file, build_chain(file.loaded), setup.config))
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:

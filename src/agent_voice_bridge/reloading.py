@@ -5,6 +5,13 @@ A reload is all or nothing: every file loads and every chain checks, or nothing 
 good configuration keeps serving (the error, file:line:stage, is logged, kept for ``/healthz`` and
 counted in ``voice_bridge_config_reloads_total{result="failed"}``). Calls already running keep the
 chain they started with; only the :class:`~agent_voice_bridge.chain_source.ChainSource` changes.
+
+What a reload changes: the lines, their chains, and every ``security``/``storage`` key a line can set
+(top-level ones too: they are the lines' defaults), since each :class:`~agent_voice_bridge.lines.Line`
+carries its rules. The rest of ``server``, ``twilio``, ``security``, ``storage`` and ``outbound`` (where to
+listen, the database, the limit store, the Twilio account, …) is read at start: a reload that changes any
+of it is applied for the rest and names those keys, in the log and in ``/healthz``
+(``config.restart_needed``), until a restart (or an edit that puts them back).
 With ``serve --workers N`` every worker watches the same files and reloads on its own; they agree
 because each reports the digest of what it loaded (``/healthz``: ``config.digest``).
 """
@@ -22,10 +29,23 @@ from agent_voice_bridge import metrics
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.configuration import ServerSetup
 from agent_voice_bridge.lines import Lines, load_lines
+from agent_voice_bridge.pipelines.config import BridgeConfig, LineSecurity, LineStorage
 from agent_voice_bridge.pipelines.errors import ConfigError
 
 RESTART_SECTIONS = ("server", "twilio", "security", "storage", "outbound")
-"""Read once at start: a reload changes lines and chains only, and says so when these changed."""
+"""Read once at start, but for the keys of :data:`LIVE_KEYS`."""
+LIVE_KEYS = frozenset([f"security.{key}" for key in LineSecurity.model_fields]
+                      + [f"storage.{key}" for key in LineStorage.model_fields])
+"""Keys of those sections that a reload applies: what a line can set for itself (the top-level ones are its default)."""
+
+
+def restart_needed(started: BridgeConfig, now: BridgeConfig) -> list[str]:
+    """The keys (``server.port``) that differ between the configuration the server started with and ``now``
+    and that only a restart applies."""
+    before, after = started.model_dump(mode="json"), now.model_dump(mode="json")
+    return [f"{section}.{key}" for section in RESTART_SECTIONS
+            for key in dict.fromkeys([*before[section], *after[section]])
+            if before[section].get(key) != after[section].get(key) and f"{section}.{key}" not in LIVE_KEYS]
 
 
 class Reloader:
@@ -34,6 +54,8 @@ class Reloader:
     def __init__(self, setup: ServerSetup, chains: ChainSource) -> None:
         self._path = None if setup.path.startswith("<") else setup.path
         self._setup = setup
+        self._started = setup.config
+        """What the server read at start: the keys a reload cannot apply keep these values."""
         self._chains = chains
         self._lock = asyncio.Lock()
         self.generation = 1
@@ -42,10 +64,13 @@ class Reloader:
         self.last_cause: str | None = None
         self.last_error: str | None = None
         self.last_reload_at: float | None = None
+        self.restart_needed: list[str] = []
+        """Keys the files now set otherwise than the server started with, which only a restart applies."""
 
     def status(self) -> dict:
         return {"generation": self.generation, "digest": self._chains.lines.digest, "reloads": self.reloads,
-                "last_cause": self.last_cause, "last_error": self.last_error, "files": self.files()}
+                "last_cause": self.last_cause, "last_error": self.last_error, "restart_needed": self.restart_needed,
+                "files": self.files()}
 
     def files(self) -> list[str]:
         """The files a change to which reloads: the file given, every line's pipeline file and fallbacks."""
@@ -76,21 +101,21 @@ class Reloader:
                 metrics.CONFIG_RELOADS.labels("unchanged").inc()
                 logger.info(f"reload ({cause}): nothing changed, generation {self.generation} serves on")
                 return True
-            self._warn_about_restart_sections(setup)
             self._setup = setup
             self._chains.swap(lines)
             self.generation += 1
             metrics.CONFIG_RELOADS.labels("ok").inc()
             logger.info(f"reload ({cause}): generation {self.generation} ({lines.digest}) serves new calls: "
                         + ", ".join(f"{line.name} ({line.reached_by()}) {line.chain.source}" for line in lines))
+            self._note_restart_needed(setup)
             return True
 
-    def _warn_about_restart_sections(self, setup: ServerSetup) -> None:
-        old, new = self._setup.config, setup.config
-        changed = [s for s in RESTART_SECTIONS if getattr(old, s) != getattr(new, s)]
-        if changed:
-            logger.warning(f"reload: {', '.join(changed)} changed in {setup.path}; lines reload, but these are "
-                           "read at start: restart the server for them to apply")
+    def _note_restart_needed(self, setup: ServerSetup) -> None:
+        self.restart_needed = restart_needed(self._started, setup.config)
+        if self.restart_needed:
+            logger.warning(f"reload: {', '.join(self.restart_needed)} changed in {setup.path} and only take effect "
+                           "after a restart; until then the server keeps the values it started with (everything "
+                           "else of this edit is serving)")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Reload on every change to :meth:`files` until ``stop``; the set of files is renewed after each

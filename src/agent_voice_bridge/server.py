@@ -114,7 +114,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
 
     app = FastAPI(title="agent-voice-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)  # every route, before any parsing
-    chains = ChainSource(chain)
+    chains = ChainSource(chain, config)
     for line in chains.lines:
         line.chain.warm_up()
     server = config.server
@@ -155,7 +155,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
         form = await webhooks.form(request)
         call_sid = form.get("CallSid", "")
         line = chains.line_for(form.get("To", ""))  # chosen once, here, and bound into the stream token
-        refusal = no_line(form.get("To", "")) if line is None else await gate.admit(form)
+        refusal = no_line(form.get("To", "")) if line is None else await gate.admit(form, line.policy)
         if refusal is not None:
             metrics.REFUSED.labels(refusal.kind).inc()
             logger.info(f"call {shown(call_sid) or '?'}: refused ({refusal.reason})")

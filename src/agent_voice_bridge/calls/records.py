@@ -16,6 +16,7 @@ from loguru import logger
 from agent_voice_bridge.calls.live_call import LiveCall
 from agent_voice_bridge.phone_numbers import e164
 from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.config import LineStorage
 from agent_voice_bridge.sids import file_stem
 from agent_voice_bridge.storage.journal import CallJournal
 from agent_voice_bridge.storage.memory import memory_text
@@ -42,6 +43,18 @@ async def recall(storage: CallStore, chain: Chain, caller: str, call_sid: str) -
         logger.warning(f"call {call_sid}: no memory of earlier calls ({exc.__class__.__name__}: {exc})")
         return ""
     return memory_text(history)
+
+
+async def open_records(storage: CallStore | None, info: CallInfo, chain: Chain, keep: LineStorage) -> None:
+    """A call's records as its line keeps them (``keep``: the line's ``storage``): its memory of earlier calls,
+    its journal, and a recording when the line records."""
+    info.recordings = keep.recordings  # voicemail messages too
+    if storage is None:
+        return
+    info.memory = await recall(storage, chain, info.person, info.call_sid)
+    info.journal = open_journal(storage, info, chain.source)
+    if keep.record:
+        info.recorder = open_recorder(keep.recordings, info)
 
 
 def open_journal(storage: CallStore, info: CallInfo, pipeline: str) -> CallJournal:

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from agent_voice_bridge import metrics
 from agent_voice_bridge.calls.handover import move_to_fallback, take_over
 from agent_voice_bridge.calls.live_call import LiveCall
-from agent_voice_bridge.calls.records import close_records, open_journal, open_recorder, recall
+from agent_voice_bridge.calls.records import close_records, open_records
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
@@ -49,8 +49,12 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         metrics.REFUSED.labels("bad_stream").inc()
         await stream.close(CLOSE_POLICY, "expected connected/start")
         return
+    params = start.custom_parameters
+    named = params.get(LINE_PARAMETER)  # bound into the stream token by /incoming; else the number called
+    line = chains.line_named(named) if named else chains.line_for(
+        params.get("caller" if params.get("direction") == "outbound" else "callee", ""))
     try:
-        refusal = await gate.check_stream(start)
+        refusal = await gate.check_stream(start, line.policy.max_call_seconds if line else None)
     except Exception as exc:  # whatever a forged start holds, the answer is a counted 1008, never a traceback
         refusal = f"stream check failed ({exc.__class__.__name__})"
     if refusal is not None:
@@ -59,10 +63,6 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         metrics.REFUSED.labels("stream_token" if "token" in refusal else "busy").inc()
         await stream.close(CLOSE_POLICY, refusal)
         return
-    params = start.custom_parameters
-    named = params.get(LINE_PARAMETER)  # bound into the stream token by /incoming; else the number called
-    line = chains.line_named(named) if named else chains.line_for(
-        params.get("caller" if params.get("direction") == "outbound" else "callee", ""))
     if line is None:
         refusal = f"no line {named!r} on this server" if named else "no line takes this number"
         logger.warning(f"media stream {shown(start.stream_sid)} refused: {refusal}")
@@ -78,14 +78,9 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     chain = line.chain
     live = LiveCall(info, chain, config.twilio)
     info.control = live
-    info.recordings = config.storage.recordings
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
-        if storage is not None:
-            info.memory = await recall(storage, chain, info.person, info.call_sid)
-            info.journal = open_journal(storage, info, chain.source)
-            if config.storage.record:
-                info.recorder = open_recorder(config.storage.recordings, info)
-        await _live(live, stream, calls, gate, config.security.max_call_seconds)
+        await open_records(storage, info, chain, line.storage)
+        await _live(live, stream, calls, gate, line.policy.max_call_seconds)
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,

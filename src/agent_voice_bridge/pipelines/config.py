@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def e164_list(numbers: list[str]) -> list[str]:
+    """Phone numbers as written in a file, normalised to E.164; any other spelling is refused, naming it."""
+    from agent_voice_bridge.phone_numbers import e164
+
+    wrong = [n for n in numbers if e164(str(n)) is None]
+    if wrong:
+        raise ValueError(f"not E.164 phone numbers: {', '.join(map(repr, wrong))} (write them as +15551234567)")
+    return [e164(str(n)) or "" for n in numbers]
+
+
+def _refuse_server_wide(data: dict, section: str, server: type[BaseModel], line: type[BaseModel]) -> None:
+    """A line's ``security:``/``storage:`` naming a key only the server has: say where it goes instead."""
+    wide = [key for key in data if key in server.model_fields and key not in line.model_fields]
+    if wide:
+        raise ValueError(f"{', '.join(wide)}: server-wide, set in the top-level {section}: section "
+                         f"(a line sets {', '.join(line.model_fields)})")
+
+
+def overlay(server: BaseModel, line: BaseModel | None, model: type[SectionT]) -> SectionT:
+    """``model``'s keys as a line sees them: the line's where it sets them, else the server's."""
+    own = line.model_fields_set if line is not None else set()
+    return model.model_construct(**{key: getattr(line if key in own else server, key) for key in model.model_fields})
 
 
 class TlsConfig(_Section):
@@ -73,12 +100,30 @@ class RateLimit(_Section):
     per_seconds: float = Field(gt=0)
 
 
-class SecurityConfig(_Section):
+class LineSecurity(_Section):
+    """The keys of ``security:`` about who may call and for how long: a line of a server file may set its own
+    (``lines: {support: {security: {...}}}``); what it leaves out is the server's."""
+
     allowlist: list[str] = Field(default_factory=list, description="E.164 numbers allowed to call; empty = anyone.")
     blocklist: list[str] = Field(default_factory=list, description="E.164 numbers always rejected.")
     rate_limit: RateLimit | None = Field(default=None, description="Calls per caller per sliding window.")
-    max_concurrent_calls: int | None = Field(default=None, gt=0, description="Live calls across all workers.")
     max_call_seconds: float = Field(default=3600.0, gt=0, description="A call is ended politely after this long.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_server_wide(cls, data: Any) -> Any:
+        if cls is LineSecurity and isinstance(data, dict):
+            _refuse_server_wide(data, "security", SecurityConfig, cls)
+        return data
+
+    @field_validator("allowlist", "blocklist")
+    @classmethod
+    def _phone_numbers(cls, numbers: list[str]) -> list[str]:
+        return e164_list(numbers)
+
+
+class SecurityConfig(LineSecurity):
+    max_concurrent_calls: int | None = Field(default=None, gt=0, description="Live calls across all workers.")
     mode: Literal["auto", "production", "development"] = Field(
         default="auto",
         description="'production': Twilio signatures and stream tokens are checked (twilio.auth_token required). "
@@ -100,16 +145,6 @@ class SecurityConfig(_Section):
         "'redis://host:port/db' (many hosts).",
     )
 
-    @field_validator("allowlist", "blocklist")
-    @classmethod
-    def _phone_numbers(cls, numbers: list[str]) -> list[str]:
-        from agent_voice_bridge.phone_numbers import e164
-
-        wrong = [n for n in numbers if e164(str(n)) is None]
-        if wrong:
-            raise ValueError(f"not E.164 phone numbers: {', '.join(map(repr, wrong))} (write them as +15551234567)")
-        return [e164(str(n)) or "" for n in numbers]
-
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
@@ -118,15 +153,28 @@ class SecurityConfig(_Section):
         raise ValueError("must be memory, sqlite, sqlite:///path or redis://host:port/db")
 
 
-class StorageConfig(_Section):
+class LineStorage(_Section):
+    """The keys of ``storage:`` about what is kept of a call: a line may set its own; the database is the server's."""
+
+    record: bool = Field(default=False, description="Record every call as a stereo WAV: the caller left, the "
+                         "AI right exactly as the caller heard it.")
+    recordings: str = Field(default="recordings", description="Directory the recordings (and voicemail "
+                            "messages) are written to.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_server_wide(cls, data: Any) -> Any:
+        if cls is LineStorage and isinstance(data, dict):
+            _refuse_server_wide(data, "storage", StorageConfig, cls)
+        return data
+
+
+class StorageConfig(LineStorage):
     url: str | None = Field(
         default="sqlite:///voice-bridge.db",
         description="Where call records and transcripts live: sqlite:///path (one host, the default) or "
         "postgresql://user:password@host/db (several hosts); empty: keep nothing.",
     )
-    record: bool = Field(default=False, description="Record every call as a stereo WAV: the caller left, the "
-                         "AI right exactly as the caller heard it.")
-    recordings: str = Field(default="recordings", description="Directory the recordings are written to.")
 
     @field_validator("url")
     @classmethod
@@ -167,6 +215,62 @@ class SeedAIConfig(BaseModel):
 
 StageEntry = str | dict[str, dict[str, Any] | None]
 
+LINE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def _line_key(key: str) -> str:
+    """``default``, a number called (E.164, normalised) or the name of a line written out."""
+    from agent_voice_bridge.phone_numbers import e164
+
+    if key == "default":
+        return key
+    if key[:1] in "+0123456789":
+        number = e164(key)
+        if number is None:
+            raise ValueError(f"{key!r} is not an E.164 number (\"+15551234567\")")
+        return number
+    if not LINE_NAME.fullmatch(key):
+        raise ValueError(f"{key!r} is neither an E.164 number (\"+15551234567\"), default, nor a line name "
+                         "(letters, digits, _ and -)")
+    return key
+
+
+def _line_entry(value: Any) -> Any:
+    """``"+15550100": pipelines/sales.yaml`` is short for ``{pipeline: pipelines/sales.yaml}``."""
+    if isinstance(value, str):
+        return {"pipeline": value}
+    if value is None:
+        raise ValueError("give the pipeline file, e.g. pipelines/sales.yaml")
+    return value
+
+
+class LineEntry(_Section):
+    """One entry of ``lines:`` written out: its pipeline file and what it sets for its own calls."""
+
+    pipeline: str = Field(min_length=1, description="The line's pipeline file, relative to the server file.")
+    numbers: list[str] = Field(default_factory=list, description="A named line: the numbers (E.164) that reach "
+                               "it. Under a number or default the key says which calls it takes.")
+    security: LineSecurity | None = Field(default=None, description="This line's caller allowlist, blocklist, "
+                                          "rate limit, call time limit; the rest is the server's security:.")
+    storage: LineStorage | None = Field(default=None, description="Whether this line's calls are recorded, "
+                                        "and where; the database is the server's storage.url.")
+
+    @field_validator("numbers")
+    @classmethod
+    def _phone_numbers(cls, numbers: list[str]) -> list[str]:
+        return e164_list(numbers)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _a_file(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give the pipeline file, e.g. pipelines/sales.yaml")
+        return value
+
+
+LineKey = Annotated[str, AfterValidator(_line_key)]
+LineValue = Annotated[LineEntry, BeforeValidator(_line_entry)]
+
 
 class BridgeConfig(_Section):
     """A whole pipeline file."""
@@ -178,31 +282,19 @@ class BridgeConfig(_Section):
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
-    lines: dict[str, str] | None = Field(
+    lines: dict[LineKey, LineValue] | None = Field(
         default=None,
         description="A server file instead of a pipeline: the number called (E.164, quoted) or 'default' → a "
-        "pipeline file, relative to this file. Numbers sharing a file share a line, named after the file.",
+        "pipeline file, relative to this file (numbers sharing a file share a line, named after the file); or "
+        "a line name → {numbers, pipeline, security, storage}, a line with its own caller rules and recording.",
     )
 
-    @field_validator("lines", mode="before")
+    @field_validator("lines")
     @classmethod
-    def _line_numbers(cls, lines: Any) -> Any:
-        if not isinstance(lines, dict):
-            return lines
-        from agent_voice_bridge.phone_numbers import e164
-
-        checked: dict[str, Any] = {}
-        for key, file in lines.items():
-            if isinstance(key, int):  # YAML reads an unquoted +15550100 as the integer 15550100
-                raise ValueError(f"{key}: quote the number, as in \"+{key}\": unquoted, YAML reads it as an integer")
-            if key != "default" and e164(str(key)) is None:
-                raise ValueError(f"{key!r} is neither an E.164 number (\"+15551234567\") nor default")
-            if not isinstance(file, str) or not file.strip():
-                raise ValueError(f"{key}: give the pipeline file, e.g. pipelines/sales.yaml")
-            checked["default" if key == "default" else e164(str(key)) or ""] = file
-        if not checked:
+    def _some_line(cls, lines: dict[str, LineEntry] | None) -> dict[str, LineEntry] | None:
+        if lines is not None and not lines:
             raise ValueError("lists no line: map a number (or default) to a pipeline file")
-        return checked
+        return lines
 
     @model_validator(mode="after")
     def _checks_need_a_token(self) -> BridgeConfig:

@@ -42,17 +42,29 @@ def unknown_name(name: str, known: Iterable[str], what: str, also: str = "") -> 
 
 
 def model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section model a validation error's location points into (``("server", "tls")`` → TlsConfig)."""
-    for key in loc:
+    """The section model a validation error's location points into (``("server", "tls")`` → TlsConfig;
+    ``("lines", "support", "security")`` → LineSecurity: a mapping's key steps into its values' model)."""
+    keys = iter(loc)
+    for key in keys:
         field = model.model_fields.get(key) if isinstance(key, str) else None
-        annotation = field.annotation if field is not None else None
+        annotation = _bare(field.annotation) if field is not None else None
         union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        models = [t for t in (typing.get_args(annotation) if union else (annotation,))
-                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        options = [_bare(t) for t in typing.get_args(annotation)] if union else [annotation]
+        mapping = next((t for t in options if typing.get_origin(t) is dict), None)
+        if mapping is not None:  # the next key is the mapping's own (a line's name): its value is the model
+            options = [_bare(typing.get_args(mapping)[1])]
+            if next(keys, None) is None:
+                return None
+        models = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
         if not models:
             return None
         model = models[0]
     return model
+
+
+def _bare(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` → X."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def unknown_key(model: type[BaseModel], err: Any) -> str | None:

@@ -207,8 +207,9 @@ def _validation_line(path: str, root: yaml.Node, err: Any) -> str:
     if unknown is not None:
         prefix = f"{_dotted(loc[:-1])}: " if loc[:-1] else ""
         return f"{where(path, _line_of(root, loc))}: {prefix}{unknown}"
-    # Never echo the input value: it may be a secret.
-    return f"{where(path, _line_of(root, loc))}: {_dotted(loc) or 'file'}: {err['msg']}"
+    # Never echo the input value: it may be a secret. Our own validators' words stand alone.
+    message = err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else err["msg"]
+    return f"{where(path, _line_of(root, loc))}: {_dotted(loc) or 'file'}: {message}"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

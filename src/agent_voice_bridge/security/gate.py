@@ -17,8 +17,9 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.phone_numbers import e164
-from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore
+from agent_voice_bridge.security.limits import LimitStore, MemoryLimitStore, caller_key
 from agent_voice_bridge.security.mode import checks_on, security_mode
+from agent_voice_bridge.security.policy import CallerPolicy
 from agent_voice_bridge.security.signatures import SignatureChecker
 from agent_voice_bridge.security.stream_tokens import PARAMETER, StreamTokens
 from agent_voice_bridge.sids import is_call_sid
@@ -73,11 +74,9 @@ class CallGate:
         self.check_ws = self.enforce and security.check_ws_signature
         self._signatures = SignatureChecker(token) if token else None
         self._tokens = StreamTokens(token, security.stream_token_seconds) if token else None
-        self._allow = {normalise_number(n) for n in security.allowlist}
-        self._block = {normalise_number(n) for n in security.blocklist}
-        self._rate = security.rate_limit
+        self.policy = CallerPolicy.of(security)
+        """The server's own rules, for a call that has no line's (a line's come with it: ``admit(form, policy)``)."""
         self._max_calls = security.max_concurrent_calls
-        self._max_call_seconds = security.max_call_seconds
         self.store = store or MemoryLimitStore()
 
     def signature_ok(self, url: str, params: Mapping[str, str], signature: str | None) -> bool:
@@ -86,16 +85,18 @@ class CallGate:
         assert self._signatures is not None
         return self._signatures.valid(url, params, signature)
 
-    async def admit(self, form: Mapping[str, str]) -> Refusal | None:
+    async def admit(self, form: Mapping[str, str], policy: CallerPolicy | None = None) -> Refusal | None:
+        """Whether ``/incoming`` may take this call, under ``policy`` (the line's; default the server's)."""
+        policy = policy or self.policy
         caller = normalise_number(form.get("From", ""))
-        if caller in self._block:
+        if caller in policy.blocklist:
             return Refusal("caller is on the blocklist", _reject(), "not_allowed")
-        if self._allow and caller not in self._allow:
+        if policy.allowlist and caller not in policy.allowlist:
             return Refusal("caller is not on the allowlist", _reject(), "not_allowed")
         identity = caller or form.get("From", "")[:128]  # a SIP or client identity is limited as itself
-        if self._rate and not await self.store.hit(f"caller:{identity}", self._rate.calls, self._rate.per_seconds):
-            return Refusal(f"rate limit: {self._rate.calls} calls per {self._rate.per_seconds:g} s", _busy(),
-                           "rate_limited")
+        rate = policy.rate_limit
+        if rate and not await self.store.hit(caller_key(identity, policy.rate_scope), rate.calls, rate.per_seconds):
+            return Refusal(f"rate limit: {rate.calls} calls per {rate.per_seconds:g} s", _busy(), "rate_limited")
         call_sid = form.get("CallSid", "")
         if self._max_calls and not await self.store.claim_call(call_sid, self._max_calls, PENDING_CALL_SECONDS):
             return Refusal(f"{self._max_calls} concurrent calls already", _busy(), "busy")
@@ -115,8 +116,9 @@ class CallGate:
         assert self._tokens is not None
         return {**parameters, PARAMETER: self._tokens.issue(call_sid, caller, callee, line)}
 
-    async def check_stream(self, start: Start) -> str | None:
-        """A reason to close the stream with 1008, or None to let the call in."""
+    async def check_stream(self, start: Start, max_call_seconds: float | None = None) -> str | None:
+        """A reason to close the stream with 1008, or None to let the call in. ``max_call_seconds``: the
+        call's line's limit (default the server's), for as long as the call holds its slot."""
         if not is_call_sid(start.call_sid or start.custom_parameters.get("callSid")):
             return "callSid is missing or not a Twilio call SID"
         if self.enforce:
@@ -131,7 +133,8 @@ class CallGate:
             if not await self.store.use_once(token, self._tokens.expires_at(token)):
                 return "stream token already used"
         if self._max_calls and not await self.store.claim_call(start.call_sid, self._max_calls,
-                                                               self._max_call_seconds + PENDING_CALL_SECONDS):
+                                                               (max_call_seconds or self.policy.max_call_seconds)
+                                                               + PENDING_CALL_SECONDS):
             return f"{self._max_calls} concurrent calls already"
         return None
 

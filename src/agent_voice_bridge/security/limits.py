@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,10 @@ class LimitStore(ABC):
         return None
 
 
-def caller_key(identity: str) -> str:
-    """The rate-limit key of a caller (an E.164 number, or a SIP/client identity as it came)."""
-    return f"caller:{identity}"
+def caller_key(identity: str, scope: str = "") -> str:
+    """The rate-limit key of a caller (an E.164 number, or a SIP/client identity as it came), in the server-wide
+    window or in that of the line ``scope`` (a line with a rate limit of its own)."""
+    return f"caller:{identity}" + (f"@{scope}" if scope else "")
 
 
 class MemoryLimitStore(LimitStore):
@@ -250,8 +252,9 @@ def open_store(spec: str, port: int) -> LimitStore:
     raise ValueError(f"security.store: unknown store {spec!r} (memory, sqlite, sqlite:///path, redis://…)")
 
 
-def forget_caller_limits(config: BridgeConfig, number: str) -> bool:
-    """Clear ``number``'s rate-limit window in the store ``security.store`` names (for ``voice-bridge forget``).
+def forget_caller_limits(config: BridgeConfig, number: str, scopes: Iterable[str] = ()) -> bool:
+    """Clear ``number``'s rate-limit windows in the store ``security.store`` names (for ``voice-bridge forget``):
+    the server-wide one and those of the lines ``scopes`` (lines with a rate limit of their own).
 
     False when there is nothing to clear: a sqlite file no server has made yet, or ``memory``, which lives inside
     the serving process, out of a command's reach (its window expires after ``security.rate_limit.per_seconds``).
@@ -265,7 +268,8 @@ def forget_caller_limits(config: BridgeConfig, number: str) -> bool:
     async def run() -> None:
         store = open_store(config.security.store, config.server.port)
         try:
-            await store.forget(caller_key(number))
+            for scope in ("", *scopes):
+                await store.forget(caller_key(number, scope))
         finally:
             await store.close()
 
