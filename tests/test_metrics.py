@@ -17,6 +17,8 @@ from loguru import logger
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
 from conftest import ECHO_YAML, LiveServer, free_port, speech
 
+LIVE_DEFAULT = 'voice_bridge_live_calls{line="default"}'
+"""A server run from one pipeline file has one line, named default."""
 SAMPLE = re.compile(r'^(voice_bridge_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$', re.M)
 
 
@@ -44,7 +46,7 @@ async def test_metrics_move_during_a_call_and_logs_carry_the_call_sid() -> None:
             during = None
             while not call.done():
                 during = await scrape(url)
-                if during.get("voice_bridge_live_calls", 0) >= 1:
+                if during.get(LIVE_DEFAULT, 0) >= 1:
                     break
                 await asyncio.sleep(0.05)
             result = await call
@@ -52,17 +54,17 @@ async def test_metrics_move_during_a_call_and_logs_carry_the_call_sid() -> None:
             after = await scrape(url)
     finally:
         logger.remove(sink)
-    assert during is not None and during["voice_bridge_live_calls"] == 1
-    assert after["voice_bridge_live_calls"] == 0
+    assert during is not None and during[LIVE_DEFAULT] == 1
+    assert after[LIVE_DEFAULT] == 0
 
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert delta('voice_bridge_calls_total{line="default",outcome="caller_hung_up"}') == 1
-    assert delta("voice_bridge_barge_ins_total") == 1
-    assert delta("voice_bridge_first_reply_seconds_count") == 1
-    assert delta("voice_bridge_barge_in_seconds_count") == 1
-    assert delta('voice_bridge_barge_in_seconds_bucket{le="0.3"}') == 1, "the clear came within 300 ms"
+    assert delta('voice_bridge_barge_ins_total{line="default"}') == 1
+    assert delta('voice_bridge_first_reply_seconds_count{line="default"}') == 1
+    assert delta('voice_bridge_barge_in_seconds_count{line="default"}') == 1
+    assert delta('voice_bridge_barge_in_seconds_bucket{le="0.3",line="default"}') == 1, "the clear came within 300 ms"
 
     sid = result.call_sid
     call_lines = [line for line in lines if line.startswith(f"{sid} |")]
@@ -70,6 +72,46 @@ async def test_metrics_move_during_a_call_and_logs_carry_the_call_sid() -> None:
     assert any("barge-in" in line for line in call_lines)
     summary = [line for line in call_lines if f"call {sid} ended:" in line]
     assert len(summary) == 1 and "outcome=caller_hung_up" in summary[0] and "barge_ins=1" in summary[0]
+
+
+async def test_every_per_call_series_is_labelled_by_the_calls_line(tmp_path: Path) -> None:
+    """Two echo lines; the support caller talks over the echo, the sales caller does not: each line's series
+    move for its own calls only, and the live-calls gauge says which line the running call is on."""
+    from test_lines import SALES, SUPPORT, write_lines
+
+    path = write_lines(tmp_path)
+    (tmp_path / "pipelines" / "support.yaml").write_text(ECHO_YAML)
+    with LiveServer(config_file=path) as server:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        before = await scrape(url)
+        quiet = [Pause(0.3), Say(speech("hello-world")), WaitQuiet(idle=0.8)]
+        talks_over = [Pause(0.3), Say(speech("all-circuits-busy-now")), WaitHeard(after=0.4),
+                      Say(speech("vm-goodbye")), WaitQuiet(idle=0.8)]
+        await run_call(server.http_url, quiet, to_number=SALES)
+        support = asyncio.ensure_future(run_call(server.http_url, talks_over, to_number=SUPPORT))
+        during = None
+        while not support.done():
+            during = await scrape(url)
+            if during.get('voice_bridge_live_calls{line="support"}', 0) >= 1:
+                break
+            await asyncio.sleep(0.05)
+        await support
+        await asyncio.to_thread(server.wait_idle, 2)
+        after = await scrape(url)
+    assert during is not None and during['voice_bridge_live_calls{line="support"}'] == 1
+    assert during['voice_bridge_live_calls{line="sales"}'] == 0, "the sales call had ended"
+
+    def delta(name: str, line: str, **labels: str) -> float:
+        shown = ",".join(f'{k}="{v}"' for k, v in sorted({**labels, "line": line}.items()))  # as exposed
+        return after.get(f"{name}{{{shown}}}", 0.0) - before.get(f"{name}{{{shown}}}", 0.0)
+
+    for line in ("sales", "support"):
+        assert delta("voice_bridge_calls_total", line, outcome="caller_hung_up") == 1, line
+        assert delta("voice_bridge_first_reply_seconds_count", line) == 1, line
+        assert after[f'voice_bridge_live_calls{{line="{line}"}}'] == 0
+    assert (delta("voice_bridge_barge_ins_total", "sales"), delta("voice_bridge_barge_ins_total", "support")) == (0, 1)
+    assert delta("voice_bridge_barge_in_seconds_count", "support") == 1
+    assert delta("voice_bridge_barge_in_seconds_count", "sales") == 0
 
 
 async def test_refusals_are_counted_by_reason() -> None:

@@ -21,18 +21,23 @@ from prometheus_client import (
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Every per-call series is labelled by the call's line (its name in the server file; "default" for a server run
+# from one pipeline file), so a dashboard can tell the sales line's latencies from the support line's.
 
-LIVE_CALLS = Gauge("voice_bridge_live_calls", "Calls with a running pipeline.", multiprocess_mode="livesum")
+LIVE_CALLS = Gauge("voice_bridge_live_calls", "Calls with a running pipeline, by line.", ["line"],
+                   multiprocess_mode="livesum")
 CALLS = Counter("voice_bridge_calls", "Finished calls by outcome and line.", ["outcome", "line"])
 CONFIG_RELOADS = Counter("voice_bridge_config_reloads", "Configuration reloads (file change or SIGHUP) by result: "
                          "ok (swapped in), failed (refused, the last good one serves), unchanged.", ["result"])
 REFUSED = Counter("voice_bridge_refused_calls", "Webhooks and streams refused, by reason.", ["reason"])
-BARGE_INS = Counter("voice_bridge_barge_ins", "Times the caller talked over the AI and the line was cleared.")
-BACKEND_ERRORS = Counter("voice_bridge_backend_errors", "AI backends lost mid-call or refused at its start.")
-FIRST_REPLY = Histogram("voice_bridge_first_reply_seconds", "Caller stops talking → first AI audio sent.",
-                        buckets=(0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0))
-BARGE_IN_LATENCY = Histogram("voice_bridge_barge_in_seconds", "Caller starts talking over the AI → clear sent.",
-                             buckets=(0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0))
+BARGE_INS = Counter("voice_bridge_barge_ins", "Times the caller talked over the AI and the line was cleared, by "
+                    "line.", ["line"])
+BACKEND_ERRORS = Counter("voice_bridge_backend_errors", "AI backends lost mid-call or refused at its start, by line.",
+                         ["line"])
+FIRST_REPLY = Histogram("voice_bridge_first_reply_seconds", "Caller stops talking → first AI audio sent, by line.",
+                        ["line"], buckets=(0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0))
+BARGE_IN_LATENCY = Histogram("voice_bridge_barge_in_seconds", "Caller starts talking over the AI → clear sent, by "
+                             "line.", ["line"], buckets=(0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0))
 
 
 def exposition() -> tuple[bytes, str]:

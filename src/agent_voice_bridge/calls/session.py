@@ -88,7 +88,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
     info = live.info
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
-    metrics.LIVE_CALLS.inc()
+    metrics.LIVE_CALLS.labels(info.line).inc()
     logger.info(f"call {shown(info.call_sid)}: started, stream {shown(info.stream_sid)}, "
                 f"from {shown(info.caller or 'unknown')}, line {info.line}")
     limit = asyncio.get_running_loop().call_later(
@@ -109,7 +109,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         limit.cancel()
         if live._hang_up_task is not None:  # the caller hung up first
             live._hang_up_task.cancel()
-        metrics.LIVE_CALLS.dec()
+        metrics.LIVE_CALLS.labels(info.line).dec()
         metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
         await stream.close()

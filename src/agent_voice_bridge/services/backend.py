@@ -132,12 +132,14 @@ class BackendWatch:
     """
 
     _backend_lost = False
+    _call: CallInfo | None = None
+    """The stage's call (set by the stage), whose line labels the metric."""
 
     async def backend_lost(self, reason: str) -> None:
         if self._backend_lost:
             return
         self._backend_lost = True
-        metrics.BACKEND_ERRORS.inc()
+        metrics.BACKEND_ERRORS.labels(self._call.line if self._call is not None else "").inc()
         logger.error(f"{self}: AI backend lost: {reason}")
         await self.push_error(error_msg=f"AI backend lost: {reason}", force_treat_as_permanent=True)  # type: ignore[attr-defined]
 

@@ -185,9 +185,9 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1
-        metrics.BARGE_INS.inc()
+        metrics.BARGE_INS.labels(self._call.line).inc()
         if self._caller_started_at is not None:
-            metrics.BARGE_IN_LATENCY.observe(max(time.time() - self._caller_started_at, 0.0))
+            metrics.BARGE_IN_LATENCY.labels(self._call.line).observe(max(time.time() - self._caller_started_at, 0.0))
         logger.info(f"call {self._call.call_sid}: barge-in, cleared after {heard:.0f} ms of segment "
                     f"{self._playback.segment}")
         if self._call.journal is not None:
@@ -201,7 +201,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             latency = max(time.time() - self._caller_stopped_at, 0.0)
             if stats.first_reply_ms is None:
                 stats.first_reply_ms = latency * 1000
-                metrics.FIRST_REPLY.observe(latency)
+                metrics.FIRST_REPLY.labels(self._call.line).observe(latency)
                 if self._call.journal is not None:
                     self._call.journal.update(first_reply_ms=round(stats.first_reply_ms, 1))
             self._caller_stopped_at = None
