@@ -164,3 +164,11 @@ async def test_a_reload_that_changes_what_needs_a_restart_says_which_keys(tmp_pa
             assert state["config"]["restart_needed"] == []
     finally:
         logger.remove(sink)
+
+
+async def test_check_says_which_keys_each_line_sets_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_cli("check", "-c", str(write_server(tmp_path))) == 0
+    out = capsys.readouterr().out
+    assert f"line sales ({SALES}): {tmp_path / 'pipelines' / 'sales.yaml'}, 8 stages; its own security.allowlist, " \
+           "storage.record, storage.recordings" in out, out
+    assert "8 stages; its own security.rate_limit\n" in out and FRIEND not in out, "keys, never their values"

@@ -336,3 +336,59 @@ def test_browser_call_on_a_twilio_server_with_the_api_key(tmp_path: Path) -> Non
     assert "key=" not in result["address"], "the page leaves the key in the address bar"
     assert page["callSid"].startswith("CA") and page["latencies"], page["stats"]
     assert page["stats"]["bytesReceived"] >= 8000, "the reply brought less than a second of audio"
+
+
+# --------------------------------------------------------------------------- a server with several lines
+
+
+async def test_the_token_binds_the_line_picked_and_only_a_line_the_server_has(tmp_path: Path) -> None:
+    from agent_voice_bridge.storage import CallStore
+    from test_lines import answers_while_talking, write_lines
+
+    key = {"X-API-Key": "k3y"}
+    path = write_lines(tmp_path, token=TOKEN, server={"host": "127.0.0.1", "softphone": True, "api_key": "k3y"})
+    with LiveServer(config_file=path) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=base, headers=key) as http:
+            listing = (await http.get("/phone/pipelines")).json()
+            assert [(line["name"], line["default"]) for line in listing["lines"]] == [
+                ("sales", False), ("support", False), ("after_hours", True)]
+            assert [s["name"] for s in listing["lines"][0]["stages"]][4] == "echo"
+            unknown = await http.get("/phone/token", params={"line": "billing"})
+            assert unknown.status_code == 404 and "sales, support, after_hours" in unknown.json()["detail"]
+            assert (await http.get("/phone/token")).json()["line"] == "after_hours", "default: the default line"
+            sales = (await http.get("/phone/token", params={"line": "sales"})).json()
+        assert sales["line"] == "sales" and sales["parameters"]["line"] == "sales"
+
+        steps = [Pause(0.2), Say(speech("hello-world"), "hello"), WaitQuiet(idle=0.8)]
+        other = {**sales["parameters"], "line": "support"}  # the page's token names sales, not support
+        forged = await run_call(server.ws_url, steps, call_sid=sales["callSid"], custom_parameters=other)
+        assert forged.close_code == 1008 and server.calls.finished == 0
+        result = await run_call(server.ws_url, steps, call_sid=sales["callSid"], custom_parameters=sales["parameters"])
+        assert result.close_code == 1000 and not answers_while_talking(result), "sales runs the echo chain"
+        server.wait_idle(finished=1)
+        assert server.db(CallStore.get_call, sales["callSid"]).line == "sales"
+
+
+def test_browser_call_to_the_line_picked(tmp_path: Path) -> None:
+    """The page lists the server's lines; picking sales (echo) runs sales' chain, not the default line's."""
+    from agent_voice_bridge.storage import CallStore
+    from test_lines import write_lines
+
+    why_not = _node_ready()
+    if why_not:
+        pytest.skip(why_not)
+    wav = tmp_path / "fake-mic.wav"
+    _write_fake_mic(wav)
+    with LiveServer(config_file=write_lines(tmp_path)) as server:  # default line: after_hours (loopback)
+        options = {"url": f"http://127.0.0.1:{server.port}/phone?raw=1", "wav": str(wav), "chromium": CHROMIUM,
+                   "out": str(tmp_path / "softphone.json"), "timeoutMs": 15000, "firstReplyOnly": True,
+                   "line": "sales"}
+        result = _run_browser(options, limit=40)
+        server.wait_idle(finished=1)
+        page = result["page"]
+        record = server.db(CallStore.get_call, page["callSid"])
+    assert result["linePicker"] and result["lineOptions"] == ["sales", "support", "after_hours"]
+    assert page["line"] == "sales" and record.line == "sales" and record.caller == "browser"
+    assert any(". echo" in stage for stage in result["stagesShown"]), result["stagesShown"]
+    assert page["latencies"] and page["latencies"][0] >= 200, "echo answers after the caller stops, not at once"

@@ -62,8 +62,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(chain.describe())
     else:
         print(f"{setup.path}: OK, {len(lines)} line(s)")
+        own = {file.name: file.own_keys() for file in setup.lines}
         for line in lines:
-            print(f"\nline {line.name} ({line.reached_by()}): {line.chain.source}, {len(line.chain.stages)} stages")
+            print(f"\nline {line.name} ({line.reached_by()}): {line.chain.source}, {len(line.chain.stages)} stages"
+                  + (f"; its own {', '.join(own[line.name])}" if own.get(line.name) else ""))
             print(line.chain.describe())
     for line in lines:
         for note in endpoint_notes(line.chain):

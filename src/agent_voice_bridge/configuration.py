@@ -68,6 +68,11 @@ class LineFile:
         """The line's own ``security:``/``storage:`` keys, as written (for the digest)."""
         return _written(self.security, self.storage)
 
+    def own_keys(self) -> list[str]:
+        """The keys the line sets itself (``security.allowlist``), for ``check``; the values stay unprinted."""
+        return [f"{section}.{key}" for section, part in (("security", self.security), ("storage", self.storage))
+                if part is not None for key in part.model_fields if key in part.model_fields_set]
+
 
 @dataclass(frozen=True)
 class ServerSetup:

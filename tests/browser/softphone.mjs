@@ -6,6 +6,7 @@
 // recorded a barge-in and the reply after it, waits until the line is quiet (nothing queued, every mark
 // echoed, no audio for a second), prints "QUIET" and waits for a line on stdin (the test checks the
 // server's state meanwhile), hangs up, and writes window.softphone plus diagnostics to `out`.
+// With "line": NAME it picks that line first (the server must list it in the page's line picker).
 // With "firstReplyOnly": true it hangs up once the first reply has brought `replyBytes` of audio (default 8000,
 // one second of μ-law; how fast it arrives depends on the box's load) and records the page's address.
 // Progress goes to stdout, one line per step, so a failure shows how far the call got.
@@ -77,6 +78,12 @@ async function run() {
   await page.goto(opts.url, { waitUntil: 'load' });
   await page.waitForFunction(() => window.softphone && document.querySelector('#pipeline option'));
   say('page loaded');
+  const lineOptions = await page.$$eval('#line option', (os) => os.map((o) => o.value));
+  const linePicker = await page.isVisible('#line');
+  if (opts.line) {
+    await page.selectOption('#line', opts.line);
+    say(`picked line ${opts.line} of ${lineOptions.join(', ')}`);
+  }
   await page.click('#call');
   let s = await waitFor('the call to go live', (x) => x.state === 'live', 10000);
   say(`live, audio context at ${await page.evaluate(() => window.softphone.audioRate)} Hz`);
@@ -89,7 +96,8 @@ async function run() {
     const address = page.url();
     await page.evaluate(() => window.softphone.hangUp());
     await page.waitForTimeout(300);
-    await dump('ok', { address });
+    const stagesShown = await page.$$eval('#stages li', (ls) => ls.map((l) => l.textContent));
+    await dump('ok', { address, lineOptions, linePicker, stagesShown });
     return;
   }
   s = await waitFor('a barge-in', (x) => x.stats.clears >= 1);

@@ -61,6 +61,7 @@
   const phone = {
     state: 'idle', // idle | connecting | live | ended | error
     callSid: '',
+    line: '', // the line the server gave this call (the one picked, else its default)
     streamSid: '',
     closeCode: null,
     closeReason: '',
@@ -148,6 +149,7 @@
     $('hangup').disabled = !busy;
     $('mute').disabled = state !== 'live';
     $('raw').disabled = busy;
+    $('line').disabled = busy;
   }
 
   async function api(path) {
@@ -187,7 +189,9 @@
       await ctx.audioWorklet.addModule('/phone/static/phone-worklet.js');
       if (ctx.state !== 'running') await ctx.resume();
       setState('connecting', 'asking the server for a line…');
-      const line = await api('/phone/token');
+      const picked = $('line').value;
+      const line = await api(picked ? `/phone/token?line=${encodeURIComponent(picked)}` : '/phone/token');
+      phone.line = line.line;
       phone.callSid = line.callSid;
       phone.streamSid = `MZ${randomHex(32)}`;
       accountSid = `AC${randomHex(32)}`;
@@ -600,65 +604,93 @@
     requestAnimationFrame(frame);
   }
 
-  // ---- pipeline picker (read-only: one chain per server process)
+  // ---- line picker (the server's lines; each runs its own chain) and the chains in pipelines/ (read-only)
 
   let listing = null;
 
-  function showStages() {
+  const pickedLine = () => (listing ? listing.lines.find((l) => l.name === $('line').value) || listing.lines[0] : null);
+
+  function listStages(stages) {
     const list = $('stages');
     list.textContent = '';
-    if (!listing) return;
-    const chosen = $('pipeline').value;
-    const entry = listing.available.find((a) => a.file === chosen);
-    const current = !entry || entry.current;
-    if (current) {
-      for (const st of listing.current.stages) {
-        const li = document.createElement('li');
-        const side = document.createElement('span');
-        side.className = 'side';
-        side.textContent = ` ${st.side}  ${st.audio_in || '—'} → ${st.audio_out || '—'}`;
-        li.append(`${st.position}. ${st.name}`, side);
-        if (/^(echo|loopback|gemini\.live|openai\.realtime)$/.test(st.name)) li.className = 'ai';
-        list.append(li);
-      }
-      $('pipeline-note').textContent = `Calls from this page go to the chain this server runs (${listing.current.source}). `
-        + 'The server runs one chain per process; the list is read-only.';
-    } else {
-      entry.stages.forEach((name, i) => {
-        const li = document.createElement('li');
-        li.textContent = `${i + 1}. ${name}`;
-        list.append(li);
-      });
-      $('pipeline-note').textContent = `Not served by this process: to call it, restart the server with `
-        + `${entry.serve}. Calls from this page go to ${listing.current.source}.`;
+    for (const st of stages) {
+      const li = document.createElement('li');
+      const side = document.createElement('span');
+      side.className = 'side';
+      side.textContent = ` ${st.side}  ${st.audio_in || '—'} → ${st.audio_out || '—'}`;
+      li.append(`${st.position}. ${st.name}`, side);
+      if (/^(echo|loopback|voicemail|gemini\.live|openai\.realtime|llm\.\w+)$/.test(st.name)) li.className = 'ai';
+      list.append(li);
     }
   }
 
+  function showStages() {
+    const line = pickedLine();
+    if (!line) return;
+    const value = $('pipeline').value;
+    const ofLine = listing.lines.find((l) => `line:${l.name}` === value); // a line's file outside pipelines/
+    const entry = listing.available.find((a) => a.file === value);
+    const calls = `Calls from this page go to line ${line.name} (${line.numbers}), which runs ${line.source}.`;
+    if (ofLine ? ofLine === line : !entry || entry.lines.includes(line.name)) {
+      listStages(line.stages);
+      $('pipeline-note').textContent = `${calls} The list is read-only.`;
+    } else if (ofLine) {
+      listStages(ofLine.stages);
+      $('pipeline-note').textContent = `Line ${ofLine.name}'s chain (pick that line to call it). ${calls}`;
+    } else {
+      $('stages').textContent = '';
+      entry.stages.forEach((name, i) => {
+        const li = document.createElement('li');
+        li.textContent = `${i + 1}. ${name}`;
+        $('stages').append(li);
+      });
+      const served = entry.lines.length ? `line ${entry.lines.join(', ')} runs it (pick it to call it)`
+        : `no line runs it: add it to the server file's lines: (or restart with ${entry.serve})`;
+      $('pipeline-note').textContent = `Not this line's chain: ${served}. ${calls}`;
+    }
+  }
+
+  function showLine() {
+    // The chains list follows the line picked: its file, or an entry of its own when it is not in pipelines/.
+    const line = pickedLine();
+    const entry = line && listing.available.find((a) => a.lines.includes(line.name));
+    $('pipeline').value = entry ? entry.file : `line:${line ? line.name : ''}`;
+    showStages();
+  }
+
   async function loadPipelines() {
-    const select = $('pipeline');
     try {
       listing = await api('/phone/pipelines');
     } catch (err) {
       $('pipeline-note').textContent = `Cannot list the chains: ${err.message}`;
       return;
     }
+    const lines = $('line');
+    lines.textContent = '';
+    for (const l of listing.lines) {
+      const opt = document.createElement('option');
+      opt.value = l.name;
+      opt.textContent = `${l.name} (${l.numbers})`;
+      opt.selected = l.default;
+      lines.append(opt);
+    }
+    $('line-picker').hidden = listing.lines.length < 2; // one line: nothing to pick
+    const select = $('pipeline');
     select.textContent = '';
-    let currentListed = false;
     for (const a of listing.available) {
       const opt = document.createElement('option');
       opt.value = a.file;
-      opt.textContent = a.current ? `${a.name} (serving)` : a.name;
-      if (a.current) { opt.selected = true; currentListed = true; }
+      opt.textContent = a.lines.length ? `${a.name} (line ${a.lines.join(', ')})` : a.name;
       select.append(opt);
     }
-    if (!currentListed) {
+    for (const l of listing.lines) { // a line whose file is not in pipelines/
+      if (listing.available.some((a) => a.lines.includes(l.name))) continue;
       const opt = document.createElement('option');
-      opt.value = '';
-      opt.textContent = `${listing.current.source} (serving)`;
-      opt.selected = true;
+      opt.value = `line:${l.name}`;
+      opt.textContent = `${l.source} (line ${l.name})`;
       select.prepend(opt);
     }
-    showStages();
+    showLine();
   }
 
   // ---- wiring
@@ -669,6 +701,7 @@
   $('hangup').addEventListener('click', hangUp);
   $('mute').addEventListener('click', () => setMuted(!muted));
   $('pipeline').addEventListener('change', showStages);
+  $('line').addEventListener('change', showLine);
   window.addEventListener('beforeunload', () => { if (phone.state === 'live') hangUp(); });
   Object.assign(phone, { call, hangUp, setMuted });
   loadPipelines();

@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
 
 from agent_voice_bridge.chain_source import ChainSource
+from agent_voice_bridge.lines import Lines
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
@@ -91,12 +92,24 @@ def _stage_names(path: Path) -> list[str]:
     return []
 
 
-def pipeline_listing(chain: Chain) -> dict[str, Any]:
-    """The current chain (stages, sides, formats; no parameter values) and the chains in ``pipelines/``."""
-    current = Path(chain.source)
+def _stages(chain: Chain) -> list[dict[str, Any]]:
+    return [{"position": s.position, "name": s.name, "side": s.side,
+             "audio_in": str(s.audio_in) if s.audio_in else None,
+             "audio_out": str(s.audio_out) if s.audio_out else None} for s in chain.stages]
+
+
+def _same_file(source: str, path: Path) -> bool:
+    return Path(source).exists() and Path(source).resolve() == path.resolve()
+
+
+def pipeline_listing(lines: Lines) -> dict[str, Any]:
+    """The server's lines (name, numbers, chain: stages, sides, formats; no parameter values), which of them
+    the page may call, and the chains in ``pipelines/`` with the lines serving each."""
+    first = lines.first.chain
+    current = Path(first.source)
     folders = [Path.cwd() / "pipelines", REPO_PIPELINES]
-    if current.parent.name == "pipelines":
-        folders.insert(0, current.parent)
+    folders[:0] = dict.fromkeys(Path(line.chain.source).parent for line in lines
+                                if Path(line.chain.source).parent.name == "pipelines")
     seen: set[Path] = set()
     available = []
     for folder in folders:
@@ -107,9 +120,9 @@ def pipeline_listing(chain: Chain) -> dict[str, Any]:
             if real in seen:
                 continue
             seen.add(real)
-            is_current = current.exists() and current.resolve() == real
-            available.append({"name": path.stem, "file": f"pipelines/{path.name}", "current": is_current,
-                              "serve": f"voice-bridge serve -c pipelines/{path.name}",
+            serving = [line.name for line in lines if _same_file(line.chain.source, real)]
+            available.append({"name": path.stem, "file": f"pipelines/{path.name}", "current": bool(serving),
+                              "lines": serving, "serve": f"voice-bridge serve -c pipelines/{path.name}",
                               "stages": _stage_names(path)})
     if not available:  # an installed package (a container): the chains built into it
         for entry in sorted(resources.files("agent_voice_bridge.defaults").iterdir(), key=lambda e: e.name):
@@ -117,18 +130,17 @@ def pipeline_listing(chain: Chain) -> dict[str, Any]:
                 source = f"<built-in {entry.name}>"
                 with resources.as_file(entry) as path:
                     stages = _stage_names(path)
+                serving = [line.name for line in lines if line.chain.source == source]
                 available.append({"name": f"built-in {entry.name.removesuffix('.yaml')}", "file": source,
-                                  "current": chain.source == source, "stages": stages,
+                                  "current": bool(serving), "lines": serving, "stages": stages,
                                   "serve": "voice-bridge serve (no -c: the built-in chain for the AI key that is set)"})
     return {
-        "current": {
-            "source": chain.source,
-            "stages": [{"position": s.position, "name": s.name, "side": s.side,
-                        "audio_in": str(s.audio_in) if s.audio_in else None,
-                        "audio_out": str(s.audio_out) if s.audio_out else None} for s in chain.stages],
-        },
+        "current": {"source": first.source, "stages": _stages(first)},
+        "lines": [{"name": line.name, "numbers": line.reached_by(), "default": line is lines.first,
+                   "source": line.chain.source, "stages": _stages(line.chain)} for line in lines],
         "available": available,
-        "note": "This server runs one chain per process; calls from this page go to the current chain.",
+        "note": "Calls from this page go to the line picked (the server's default line unless another is "
+                "picked); a line's chain is its pipeline file's, as the server loaded it.",
     }
 
 
@@ -194,25 +206,30 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) 
     @router.get("/phone/pipelines", include_in_schema=False)
     async def phone_pipelines(request: Request) -> JSONResponse:
         authorised(request)
-        return JSONResponse(pipeline_listing(chains.current), headers={"Cache-Control": "no-store"})
+        return JSONResponse(pipeline_listing(chains.lines), headers={"Cache-Control": "no-store"})
 
     @router.get("/phone/token", include_in_schema=False)
-    async def phone_token(request: Request) -> JSONResponse:
-        """A call SID and the ``start.customParameters`` a signed ``/incoming`` would have given Twilio."""
+    async def phone_token(request: Request, line: str | None = None) -> JSONResponse:
+        """A call SID and the ``start.customParameters`` a signed ``/incoming`` would have given Twilio for a
+        call to ``line`` (a line's name; default: the server's default line). The line is bound into the
+        stream token as ``/incoming`` binds it, so the page's stream runs that line's chain and no other."""
         authorised(request)
         if getattr(request.app.state, "draining", False):
             raise HTTPException(status_code=503, detail="shutting down")
+        picked = chains.lines.first if line is None else chains.line_named(line)
+        if picked is None:  # only a line the server has: the page's list may be older than a reload
+            raise HTTPException(status_code=404, detail=f"no line {line[:64]!r} on this server; its lines: "
+                                + ", ".join(known.name for known in chains.lines))
         call_sid = "CA" + uuid.uuid4().hex
         parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
-        line = chains.lines.first  # the default line (the softphone has no number of its own)
-        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"], line.name))
-        chain = line.chain
+        parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"], picked.name))
         # The AI stage opens its session with this call's instructions, as /incoming does for Twilio's calls.
-        chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
-                                     callee=parameters["callee"], parameters=parameters, line=line.name))
+        picked.chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
+                                            callee=parameters["callee"], parameters=parameters, line=picked.name))
         logger.info(f"call {call_sid}: softphone token issued to "
-                    f"{request.client.host if request.client else 'unknown'}")
+                    f"{request.client.host if request.client else 'unknown'} for line {picked.name}")
         return JSONResponse({"callSid": call_sid, "streamPath": STREAM_PATH, "parameters": parameters,
-                             "pipeline": chain.source}, headers={"Cache-Control": "no-store"})
+                             "line": picked.name, "pipeline": picked.chain.source},
+                            headers={"Cache-Control": "no-store"})
 
     return router
