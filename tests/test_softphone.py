@@ -318,13 +318,19 @@ def test_browser_call_echoes_speech_marks_and_barge_in(echo_server: LiveServer, 
     assert time.monotonic() - began < 90
 
 
-def test_browser_call_on_a_twilio_server_with_the_api_key(tmp_path: Path) -> None:
-    """softphone: true on a server with an auth token: the key opens the page, its token passes the gate."""
+def _fake_mic_or_skip(tmp_path: Path) -> Path:
+    """The fake microphone's WAV, once the browser can run here (else the test is skipped, saying why)."""
     why_not = _node_ready()
     if why_not:
         pytest.skip(why_not)
     wav = tmp_path / "fake-mic.wav"
     _write_fake_mic(wav)
+    return wav
+
+
+def test_browser_call_on_a_twilio_server_with_the_api_key(tmp_path: Path) -> None:
+    """softphone: true on a server with an auth token: the key opens the page, its token passes the gate."""
+    wav = _fake_mic_or_skip(tmp_path)
     with LiveServer(SECURE_YAML) as server:
         options = {"url": f"http://127.0.0.1:{server.port}/phone?key=k3y&raw=1", "wav": str(wav),
                    "chromium": CHROMIUM, "out": str(tmp_path / "softphone.json"), "timeoutMs": 15000,
@@ -375,11 +381,7 @@ def test_browser_call_to_the_line_picked(tmp_path: Path) -> None:
     from agent_voice_bridge.storage import CallStore
     from test_lines import write_lines
 
-    why_not = _node_ready()
-    if why_not:
-        pytest.skip(why_not)
-    wav = tmp_path / "fake-mic.wav"
-    _write_fake_mic(wav)
+    wav = _fake_mic_or_skip(tmp_path)
     with LiveServer(config_file=write_lines(tmp_path)) as server:  # default line: after_hours (loopback)
         options = {"url": f"http://127.0.0.1:{server.port}/phone?raw=1", "wav": str(wav), "chromium": CHROMIUM,
                    "out": str(tmp_path / "softphone.json"), "timeoutMs": 15000, "firstReplyOnly": True,

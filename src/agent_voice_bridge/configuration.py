@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from agent_voice_bridge.pipelines.config import BridgeConfig, LineEntry, LineSecurity, LineStorage
@@ -53,16 +53,10 @@ class LineSpec:
 
 
 @dataclass(frozen=True)
-class LineFile:
-    """One line of a server: its name, the numbers that reach it, its overrides, and its pipeline file, loaded."""
+class LineFile(LineSpec):
+    """A line with its pipeline file loaded."""
 
-    name: str
-    numbers: tuple[str, ...]
-    default: bool
-    """Also takes every number no other line lists."""
-    loaded: LoadedConfig
-    security: LineSecurity | None = None
-    storage: LineStorage | None = None
+    loaded: LoadedConfig = field(kw_only=True)
 
     def overrides(self) -> list:
         """The line's own ``security:``/``storage:`` keys, as written (for the digest)."""
@@ -174,7 +168,7 @@ def load_setup(path: str | None, keep_going: bool = False) -> ServerSetup:
     with the problems of the rest in ``problems``, so that checking their chains can report those too."""
     loaded = load_config(path)
     if loaded.config.lines is None:
-        return ServerSetup(loaded, (LineFile("default", (), True, loaded),))
+        return ServerSetup(loaded, (LineFile("default", (), True, Path(loaded.path), loaded=loaded),))
     specs, problems = line_specs(loaded)
     lines: list[LineFile] = []
     for spec in specs:
@@ -187,7 +181,7 @@ def load_setup(path: str | None, keep_going: bool = False) -> ServerSetup:
         if line_loaded.config.lines is not None:
             problems.append(f"{spec.at}: lines: {spec.file} is a server file itself; a line names a pipeline file")
             continue
-        lines.append(LineFile(spec.name, spec.numbers, spec.default, line_loaded, spec.security, spec.storage))
+        lines.append(LineFile(**{f.name: getattr(spec, f.name) for f in fields(spec)}, loaded=line_loaded))
     if problems and not keep_going:
         raise ConfigError(problems)
     return ServerSetup(loaded, tuple(lines), tuple(problems))

@@ -34,6 +34,7 @@ class Line:
 
     @classmethod
     def of(cls, file: LineFile, chain: Chain, server: BridgeConfig) -> Line:
+        """The line ``file`` declares, running ``chain``, under ``server``'s sections and its own keys over them."""
         return cls(file.name, file.numbers, file.default, chain,
                    CallerPolicy.of(server.security, file.security, file.name),
                    overlay(server.storage, file.storage, LineStorage))

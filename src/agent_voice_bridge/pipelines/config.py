@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -22,14 +22,6 @@ def e164_list(numbers: list[str]) -> list[str]:
     if wrong:
         raise ValueError(f"not E.164 phone numbers: {', '.join(map(repr, wrong))} (write them as +15551234567)")
     return [e164(str(n)) or "" for n in numbers]
-
-
-def _refuse_server_wide(data: dict, section: str, server: type[BaseModel], line: type[BaseModel]) -> None:
-    """A line's ``security:``/``storage:`` naming a key only the server has: say where it goes instead."""
-    wide = [key for key in data if key in server.model_fields and key not in line.model_fields]
-    if wide:
-        raise ValueError(f"{', '.join(wide)}: server-wide, set in the top-level {section}: section "
-                         f"(a line sets {', '.join(line.model_fields)})")
 
 
 def overlay(server: BaseModel, line: BaseModel | None, model: type[SectionT]) -> SectionT:
@@ -100,21 +92,34 @@ class RateLimit(_Section):
     per_seconds: float = Field(gt=0)
 
 
-class LineSecurity(_Section):
+class _LinePart(_Section):
+    """The keys of a section that a line may set for itself; the server's section extends it with the rest.
+    A server-wide key written under a line is refused, saying where it goes."""
+
+    section: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_server_wide(cls, data: Any) -> Any:
+        server = next(iter(cls.__subclasses__()), None)  # None: this is the server's section itself
+        if server is not None and isinstance(data, dict):
+            wide = [key for key in data if key in server.model_fields and key not in cls.model_fields]
+            if wide:
+                raise ValueError(f"{', '.join(wide)}: server-wide, set in the top-level {cls.section}: section "
+                                 f"(a line sets {', '.join(cls.model_fields)})")
+        return data
+
+
+class LineSecurity(_LinePart):
     """The keys of ``security:`` about who may call and for how long: a line of a server file may set its own
     (``lines: {support: {security: {...}}}``); what it leaves out is the server's."""
+
+    section: ClassVar[str] = "security"
 
     allowlist: list[str] = Field(default_factory=list, description="E.164 numbers allowed to call; empty = anyone.")
     blocklist: list[str] = Field(default_factory=list, description="E.164 numbers always rejected.")
     rate_limit: RateLimit | None = Field(default=None, description="Calls per caller per sliding window.")
     max_call_seconds: float = Field(default=3600.0, gt=0, description="A call is ended politely after this long.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_server_wide(cls, data: Any) -> Any:
-        if cls is LineSecurity and isinstance(data, dict):
-            _refuse_server_wide(data, "security", SecurityConfig, cls)
-        return data
 
     @field_validator("allowlist", "blocklist")
     @classmethod
@@ -153,20 +158,16 @@ class SecurityConfig(LineSecurity):
         raise ValueError("must be memory, sqlite, sqlite:///path or redis://host:port/db")
 
 
-class LineStorage(_Section):
+class LineStorage(_LinePart):
     """The keys of ``storage:`` about what is kept of a call: a line may set its own; the database is the server's."""
+
+    section: ClassVar[str] = "storage"
 
     record: bool = Field(default=False, description="Record every call as a stereo WAV: the caller left, the "
                          "AI right exactly as the caller heard it.")
     recordings: str = Field(default="recordings", description="Directory the recordings (and voicemail "
                             "messages) are written to.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _not_server_wide(cls, data: Any) -> Any:
-        if cls is LineStorage and isinstance(data, dict):
-            _refuse_server_wide(data, "storage", StorageConfig, cls)
-        return data
 
 
 class StorageConfig(LineStorage):
