@@ -172,3 +172,18 @@ async def test_check_says_which_keys_each_line_sets_itself(tmp_path: Path, capsy
     assert f"line sales ({SALES}): {tmp_path / 'pipelines' / 'sales.yaml'}, 8 stages; its own security.allowlist, " \
            "storage.record, storage.recordings" in out, out
     assert "8 stages; its own security.rate_limit\n" in out and FRIEND not in out, "keys, never their values"
+
+
+async def test_forget_clears_a_callers_window_on_a_line_with_its_own_rate_limit(tmp_path: Path) -> None:
+    from agent_voice_bridge.security.limits import open_store
+
+    path = write_server(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["security"]["store"] = f"sqlite:///{tmp_path / 'limits.sqlite'}"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with LiveServer(config_file=path, store=open_store(doc["security"]["store"], 0)) as server:
+        answers = [await incoming(server, STRANGER, SUPPORT, f"CA{i:032d}") for i in range(3)]
+        assert ["<Connect>" in a for a in answers] == [True, True, False], "support's own window is full"
+        await run_cli("forget", STRANGER, "-c", str(path))
+        assert STRANGER.encode() not in (tmp_path / "limits.sqlite").read_bytes()
+        assert "<Connect>" in await incoming(server, STRANGER, SUPPORT, "CA" + "8" * 32), "admitted again"
