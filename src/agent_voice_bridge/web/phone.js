@@ -99,6 +99,7 @@
 
   function resetCall() {
     phone.callSid = '';
+    phone.line = '';
     phone.streamSid = '';
     phone.closeCode = null;
     phone.closeReason = '';
@@ -573,7 +574,8 @@
     const s = phone.stats;
     if (!s) return;
     const txt = (id, v) => { const el = $(id); if (el.textContent !== v) el.textContent = v; };
-    txt('s-call', phone.callSid ? `${phone.callSid.slice(0, 14)}… (${phone.state})` : phone.state);
+    const onLine = phone.line ? `, line ${phone.line}` : '';
+    txt('s-call', phone.callSid ? `${phone.callSid.slice(0, 14)}… (${phone.state}${onLine})` : phone.state);
     txt('s-duration', phone.state === 'live' ? fmtS(now()) : '—');
     txt('s-sent', `${s.framesSent} frames (${(s.framesSent * 0.02).toFixed(1)} s), ${s.messagesSent} messages`);
     txt('s-received', `${(s.bytesReceived / 8000).toFixed(2)} s of audio in ${s.mediaReceived} messages`);
