@@ -4,6 +4,7 @@
     python -m bench --quick               # small N, short calls: under 2 minutes
     python -m bench --calls 1,50 --seconds 20 --only load
     python -m bench --only cascade        # Whisper → fake Claude → Piper reply time (needs the [local] extra)
+    python -m bench --only reloads        # 50 calls through 10 live edits, then 100 reloads (~2 minutes)
 
 Writes ``bench/results/bench-<time>.json`` and ``.png`` (``--publish`` also writes the
 committed copies ``bench/results-latest.json`` and ``bench/results-latest.png``).
@@ -25,14 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("codec", "load", "barge-in", "setup", "stages", "cascade")
+PARTS = ("codec", "load", "barge-in", "setup", "stages", "cascade", "reloads")
 OPT_IN = ("cascade",)  # only with --only: needs the [local] extra
 DEFAULT_PARTS = ("codec", "load", "barge-in", "setup")  # --quick leaves out "stages" (six more load runs)
 QUICK = {"calls": [1, 4], "seconds": 6.0, "ramp": 1.0, "codec_frames": 1000, "builds": 50, "pipecat_builds": 5,
-         "barge_calls": 2, "barge_rounds": 2, "stage_calls": 4, "stage_seconds": 5.0, "quiet_wait": 5.0}
+         "barge_calls": 2, "barge_rounds": 2, "stage_calls": 4, "stage_seconds": 5.0, "quiet_wait": 5.0,
+         "reload_calls": 10, "reload_edits": 4, "reloads": 20}
 FULL = {"calls": [1, 10, 25, 50, 75, 100, 125, 150], "seconds": 30.0, "ramp": 2.0, "codec_frames": 5000, "builds": 300,
         "pipecat_builds": 30, "barge_calls": 5, "barge_rounds": 4, "stage_calls": 25, "stage_seconds": 20.0,
-        "quiet_wait": 60.0}
+        "quiet_wait": 60.0, "reload_calls": 50, "reload_edits": 10, "reloads": 100}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -176,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         print("  cascade reply time …", file=sys.stderr, flush=True)
         results["cascade"] = run_cascade(8, out / "logs")
         print(cascade_table(results["cascade"]))
+    if "reloads" in parts:
+        from bench.reloads import run_reloads
+
+        print(f"  live edits: {settings['reload_calls']} calls through {settings['reload_edits']} edits, then "
+              f"{settings['reloads']} reloads …", file=sys.stderr, flush=True)
+        results["reloads"] = run_reloads(settings["reload_calls"], settings["reload_edits"], settings["reloads"],
+                                         out / "logs", workers=args.workers)
     results["meta"]["duration_s"] = round(time.monotonic() - began, 1)
 
     from bench.report import plot, table, write_json

@@ -77,7 +77,31 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"   {s['chain']:20}{s['adds']:34}{_f(s['cpu_ms_per_call_s']):>8}"
                          f"{_f(s['added_ms_per_call_s']):>8}{_f(s['latency_p50_ms'], '{:.0f}'):>9}"
                          f"{_f(s['rss_per_call_mb'], '{:.2f}'):>9}")
+    reloads = results.get("reloads")
+    if reloads:
+        lines += ["", *reloads_table(reloads)]
     return "\n".join(lines)
+
+
+def reloads_table(r: dict[str, Any]) -> list[str]:
+    """Live edits under load: the calls' verdict, how long edits took, memory over the reloads after."""
+    memory = r.get("memory") or {}
+    edits = r["edits"]
+    return [
+        f"7. Live edits: {r['calls']} echo-line calls through {len(edits)} edits of lines.yaml and a pipeline file "
+        f"({sum(not e['good'] for e in edits)} broken), {r['workers']} worker(s)",
+        f"   dropped calls {r['dropped_calls']}, calls hearing another configuration {r['calls_hearing_a_wrong_key']}, "
+        f"broken configurations heard {r['broken_keys_heard'] or 'none'}; completeness {_f(r['completeness'], '{:.4f}')} "
+        f"(min {_f(r['completeness_min'], '{:.4f}')}); worst gap p99 {_f(r['worst_gap_p99_ms'], '{:.0f}')} ms, "
+        f"max {_f(r['worst_gap_max_ms'], '{:.0f}')} ms (callers' loop late by up to "
+        f"{_f(r.get('caller_loop_lag_max_ms'), '{:.0f}')} ms)",
+        f"   edit saved → new chain serving on every worker: p50 {_f(r['reload_p50_ms'], '{:.0f}')} ms, p95 "
+        f"{_f(r['reload_p95_ms'], '{:.0f}')} ms; broken edit refused: p50 {_f(r['refusal_p50_ms'], '{:.0f}')} ms",
+        f"   {memory.get('reloads', 0)} more reloads (no calls): server RSS {_f(memory.get('rss_before_mb'))} → "
+        f"{_f(memory.get('rss_after_half_mb'))} (half-way) → {_f(memory.get('rss_after_mb'))} MB; each p50 "
+        f"{_f(memory.get('reload_p50_ms'), '{:.0f}')} ms, p95 {_f(memory.get('reload_p95_ms'), '{:.0f}')} ms"
+        if memory else "   (no reloads after the calls)",
+    ]
 
 
 LOAD_COLUMNS = [("server", 9), ("N", 5), ("CPU ms/call-s", 15), ("cores", 7), ("lat p50", 9), ("lat p99", 9),

@@ -93,3 +93,19 @@ def test_barge_in_and_report(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r.json").read_text())["load"]["points"][0]["server"] == "ours"
     why_not = plot(results, tmp_path / "r.png")
     assert why_not is None and (tmp_path / "r.png").stat().st_size > 1000 or "matplotlib" in (why_not or "")
+
+
+def test_reloads_part_gives_numbers(tmp_path: Path) -> None:
+    from bench.reloads import run_reloads
+    from bench.report import table
+
+    result = run_reloads(calls=3, edits=2, reloads=2, log_dir=tmp_path, workers=1)
+    assert result["calls"] == 3 and result["dropped_calls"] == 0, result["per_call"]
+    assert [e["refused"] for e in result["edits"]] == [False, True]
+    assert result["completeness"] == 1.0 and result["calls_hearing_a_wrong_key"] == 0
+    for key in ("reload_p50_ms", "reload_p95_ms", "refusal_p50_ms", "caller_loop_lag_max_ms"):
+        assert _number(result[key]) and result[key] >= 0, (key, result[key])
+    memory = result["memory"]
+    assert memory["reloads"] == 2 and all(_number(memory[k]) and memory[k] > 0
+                                          for k in ("rss_before_mb", "rss_after_mb", "reload_p50_ms"))
+    assert "7. Live edits: 3 echo-line calls through 2 edits" in table({"meta": {}, "reloads": result})
