@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -88,6 +90,27 @@ def test_two_llms_are_two_ai_stages() -> None:
 def test_token_counts_are_not_secrets() -> None:
     assert is_secret("api_key") and is_secret("auth_token") and is_secret("apikey") and is_secret("password")
     assert not is_secret("max_tokens")
+
+
+@pytest.mark.skipif(not LOCAL, reason="needs the [local] extra: pip install 'agent-voice-bridge[local]'")
+def test_chains_share_their_models_and_the_models_go_with_the_last_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload that drops every chain naming a model lets the model go (issue 17), instead of keeping every
+    model a configuration ever named until the process exits."""
+    from agent_voice_bridge.services import message_transcriber
+
+    monkeypatch.setattr(message_transcriber, "_last_model", None)  # a voicemail test's transcription: not a chain
+    loaded = load_file(ROOT / "pipelines" / "claude.yaml", {"ANTHROPIC_API_KEY": "k"})
+    first, second = build_chain(loaded), build_chain(loaded)
+    first.warm_up()
+    second.warm_up()
+    assert len(first.held) == 2 and all(a is b for a, b in zip(first.held, second.held)), "one Whisper, one voice"
+    models = [weakref.ref(model) for model in first.held]
+    del first
+    gc.collect()
+    assert all(ref() is not None for ref in models), "the chain still serving holds them"
+    del second
+    gc.collect()
+    assert [ref() for ref in models] == [None, None], "no chain holds them any more: freed"
 
 
 @pytest.mark.skipif(not LOCAL, reason="needs the [local] extra: pip install 'agent-voice-bridge[local]'")

@@ -7,7 +7,7 @@ with the file, the YAML line and the stage's position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +61,8 @@ class Chain:
     stages: list[ResolvedStage]
     fallback: Chain | None = None
     """Where a call goes when the AI stage fails (its ``fallback:``), checked with this chain."""
+    held: list[Any] = field(default_factory=list, repr=False, compare=False)
+    """What :meth:`warm_up` loaded for calls to share (models): held while this chain lives, no longer."""
 
     def describe(self) -> str:
         text = "\n".join(s.describe() for s in self.stages)
@@ -75,10 +77,10 @@ class Chain:
         return found + (self.fallback.warnings() if self.fallback is not None else [])
 
     def warm_up(self) -> None:
-        """Load shared resources now, not in the first call (where it would stall every live call)."""
-        for stage in self.stages:
-            if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel):
-                stage.cls.warm_up(stage.params)
+        """Load shared resources now, not in the first call (where it would stall every live call), and hold them."""
+        self.held = [loaded for stage in self.stages
+                     if issubclass(stage.cls, Stage) and isinstance(stage.params, BaseModel)
+                     and (loaded := stage.cls.warm_up(stage.params)) is not None]
         if self.fallback is not None:
             self.fallback.warm_up()
 

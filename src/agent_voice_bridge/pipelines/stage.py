@@ -60,8 +60,9 @@ class Stage:
         return cls(**params.model_dump())
 
     @classmethod
-    def warm_up(cls, params: StageParams) -> None:
-        """Called once per server process at start: load what every call will share (models)."""
+    def warm_up(cls, params: StageParams) -> Any:
+        """Called before the chain serves a call: load what every call will share (models), and return it
+        (or None): the chain holds it as long as it lives, so a reload that drops the chain lets it go."""
         return None
 
     @classmethod

