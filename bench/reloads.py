@@ -286,11 +286,12 @@ async def run_calls_while_editing(base_url: str, tree: ConfigTree, workers: Work
         await prober
     verdicts = []
     for i, outcome in zip(tasks, outcomes):
+        which = {"call": i, "wave": i % (edits + 1)}  # wave w started after edit w (0: before the first)
         if isinstance(outcome, BaseException):
-            verdicts.append({"call": i, "failed": f"{type(outcome).__name__}: {outcome}"[:300],
+            verdicts.append({**which, "failed": f"{type(outcome).__name__}: {outcome}"[:300],
                              "expected_key": expected[i]})
         else:
-            verdicts.append({"call": i, **call_verdict(outcome, expected[i])})
+            verdicts.append({**which, **call_verdict(outcome, expected[i])})
     return sorted(verdicts, key=lambda v: v["call"]), round(lag[0] * 1000.0, 1)
 
 

@@ -42,8 +42,8 @@ CALLS = 50
 EDITS = 10
 RELOADS = 100
 GAP_LIMIT_MS = 500.0
-"""Dead air a caller may hear: a frame or two late is this shared machine (bench/ reports the figures); half a
-second is a call stalled by a reload (reading and checking the files on the event loop would do it)."""
+"""Dead air a caller may hear beyond the callers' own lateness (their event loop is this process's, on a shared
+machine): a frame or two is the machine (bench/ reports the figures); half a second is a call stalled by a reload."""
 MEMORY_GROWTH_LIMIT = 256 * 1024
 """Bytes this process may gain over the last 80 of 100 reloads (the test's own bookkeeping is ~50 KB of it);
 a configuration kept is ~20 KB (~7.5 KB for its Lines alone), so keeping one per reload would be ~600 KB or more."""
@@ -51,6 +51,10 @@ a configuration kept is ~20 KB (~7.5 KB for its Lines alone), so keeping one per
 
 @pytest.mark.timeout(420)
 async def test_calls_through_ten_edits_every_other_one_broken(tmp_path: Path) -> None:
+    """``serve -c lines.yaml`` with two workers; 50 calls in 11 waves (before the first edit, after each);
+    ten edits alternating between the pipeline file and lines.yaml, every other one broken. No call is
+    dropped, every frame comes back in order, each with the key that served when its call started: the
+    new one after a good edit, the last good one after a broken edit, and the first wave's to the end."""
     tree = ConfigTree(tmp_path)
     spec = ServerSpec.ours(tree.lines, free_port(), workers=2)
     clips = [clip for _, clip in speech_clips()[:4]]
@@ -76,10 +80,10 @@ async def test_calls_through_ten_edits_every_other_one_broken(tmp_path: Path) ->
     assert sorted({v["expected_key"] for v in verdicts}) == sorted(GOOD_KEYS[:EDITS // 2 + 1]), (
         "each good edit served the calls started after it (and the first configuration those before)")
     worst = max(verdicts, key=lambda v: v["worst_gap_ms"])
-    assert worst["worst_gap_ms"] <= GAP_LIMIT_MS, (
+    assert worst["worst_gap_ms"] <= GAP_LIMIT_MS + caller_lag_ms, (
         f"call {worst['call']} heard {worst['worst_gap_ms']:.0f} ms of dead air (the callers' own loop was late by up "
         f"to {caller_lag_ms:.0f} ms): {worst['gaps_ms']}")
-    first_wave = [v for v in verdicts if v["call"] % (EDITS + 1) == 0]
+    first_wave = [v for v in verdicts if v["wave"] == 0]
     assert all(v["keys_heard"] == [GOOD_KEYS[0]] for v in first_wave), "calls live through every edit kept theirs"
     assert [(e.good, e.refused) for e in tree.edits] == [(n % 2 == 1, n % 2 == 0) for n in range(1, EDITS + 1)], (
         "every broken edit was refused by every worker, no good one: "
