@@ -43,6 +43,7 @@ from agent_voice_bridge.web.body_limit import BodyLimit
 from agent_voice_bridge.web.browser_guard import BrowserHostGuard, BrowserHosts
 from agent_voice_bridge.web.calls_api import calls_router
 from agent_voice_bridge.web.outbound import outbound_router
+from agent_voice_bridge.web.transfer import transfer_router
 from agent_voice_bridge.web.webhooks import STREAM_PATH, SignedWebhooks, connect_twiml
 
 CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
@@ -204,6 +205,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
     app.include_router(softphone_router(config, gate, chains))
     app.include_router(calls_router(config, storage, chains))
     app.include_router(outbound_router(config, gate, webhooks, chains, storage))
+    app.include_router(transfer_router(gate, webhooks, storage))
     return app
 
 

@@ -7,18 +7,27 @@ Basic auth ``AccountSid:AuthToken`` (a wrong one is answered 401 with error 2000
 call resource (``sid`` ``CA`` + 32 hex, ``status`` ``queued``, ``direction``
 ``outbound-api``); a missing ``To``/``From``/``Url`` is a 400 with Twilio's error shape.
 
+A call update (``POST …/Calls/{sid}.json``) with ``Twiml`` is checked against the twilio
+package's TwiML model (every element a verb or noun the SDK knows, nested where the SDK
+allows it; else 400 with Twilio's 12100 "document parse failure"), as Twilio would
+refuse a document it cannot run.
+
 Twilio's side of the call is driven by the test: :meth:`FakeTwilioRest.status` posts a
 signed status callback (``CallStatus`` ``initiated``/``ringing``/``in-progress``/
 ``completed``/``busy``/``no-answer``/``failed``), :meth:`FakeTwilioRest.answer` posts the
 signed answer webhook to the call's ``Url`` (with ``AnsweredBy`` when machine detection
-was asked for) and returns the TwiML, which the test then plays with the simulated caller.
+was asked for) and returns the TwiML, which the test then plays with the simulated caller;
+:meth:`FakeTwilioRest.dial_ended` posts a redirected call's ``<Dial action>`` with the
+``DialCallStatus`` the test chose (the person answered and hung up, nobody answered…).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import httpx
@@ -26,6 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from twilio.request_validator import RequestValidator
+from twilio.twiml import voice_response
 
 API = "/2010-04-01/Accounts/{account}"
 
@@ -40,6 +50,33 @@ class PlacedCall:
 def _error(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
                          "status": status}, status_code=status)
+
+
+class TwimlError(ValueError):
+    pass
+
+
+def _snake(tag: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", tag).lower()
+
+
+def check_twiml(text: str) -> ET.Element:
+    """The document's root, if the twilio package's voice TwiML model allows every element where it stands."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise TwimlError(f"not XML: {exc}") from None
+    if root.tag != "Response":
+        raise TwimlError(f"the root is <{root.tag}>, not <Response>")
+
+    def walk(element: ET.Element, model: type) -> None:
+        for child in element:
+            if not hasattr(model, _snake(child.tag)) or not hasattr(voice_response, child.tag):
+                raise TwimlError(f"<{child.tag}> is not allowed in <{element.tag}>")
+            walk(child, getattr(voice_response, child.tag))
+
+    walk(root, voice_response.VoiceResponse)
+    return root
 
 
 class FakeTwilioRest:
@@ -100,6 +137,11 @@ class FakeTwilioRest:
             if not self._authorised(request, account):
                 return _error(401, 20003, "Authenticate")
             form = {k: str(v) for k, v in (await request.form()).items()}
+            if "Twiml" in form:
+                try:
+                    check_twiml(form["Twiml"])
+                except TwimlError as exc:
+                    return _error(400, 12100, f"Document parse failure: {exc}")
             self.updates.append({"call": call_sid, **form})
             return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
 
@@ -168,5 +210,22 @@ class FakeTwilioRest:
         if call.form.get("MachineDetection"):
             extra["AnsweredBy"] = answered_by or "human"
         response = await self._post(str(call.form["Url"]), self._form(call, **extra))
+        response.raise_for_status()
+        return response.text
+
+    async def dial_ended(self, call_sid: str, dial_status: str, *, from_number: str, to_number: str,
+                         direction: str = "inbound", duration: int = 0) -> str:
+        """The ``<Dial>`` of the TwiML this call was last redirected to ended with ``dial_status``
+        (``completed``, ``answered``, ``no-answer``, ``busy``, ``failed``, ``canceled``): Twilio posts its
+        ``action`` URL; returns the TwiML the server answered with."""
+        twiml = next(u["Twiml"] for u in reversed(self.updates) if u["call"] == call_sid and "Twiml" in u)
+        dial = check_twiml(twiml).find("Dial")
+        assert dial is not None and dial.get("action"), f"no <Dial action> in {twiml}"
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "From": from_number, "To": to_number,
+                "Direction": direction, "ApiVersion": "2010-04-01", "CallStatus": "in-progress",
+                "DialCallStatus": dial_status}
+        if dial_status in ("completed", "answered"):
+            form.update(DialCallSid="CA" + uuid.uuid4().hex, DialCallDuration=str(duration))
+        response = await self._post(dial.get("action", ""), form)
         response.raise_for_status()
         return response.text

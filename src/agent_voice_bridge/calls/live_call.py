@@ -1,4 +1,4 @@
-"""A running call and the handles to end it from outside: shutdown, the time limit, the AI's end_call.
+"""A running call and the handles to end it from outside: shutdown, the time limit, the AI's end_call and transfer.
 
 Kept apart from :mod:`.session` (which runs the call) so that the handover and the
 records, which act on a live call, depend on it without depending on each other.
@@ -16,8 +16,10 @@ from agent_voice_bridge.assets import spoken
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
+from agent_voice_bridge.calls.transfer import dial_twiml, done_url
+from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import complete_call, send_text
+from agent_voice_bridge.transports.twilio_rest import complete_call, redirect_call, send_text, twilio_said
 
 HANG_UP_QUIET_SECS = 0.8
 """After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
@@ -42,8 +44,11 @@ class LiveCall:
     """The fallback chain to run on this call once the failed AI's pipeline has stopped (see handover.py)."""
     fell_back: str | None = None
     """Once the call moved to a fallback (``voicemail``): the outcome, however the call then ends."""
+    webhook_base: str = ""
+    """The bridge's public ``https://host`` as Twilio reaches it: where a transfer's ``<Dial action>`` points."""
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
+    _transfer_task: asyncio.Task | None = None
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
@@ -81,7 +86,38 @@ class LiveCall:
             raise RuntimeError("this line has no Twilio account and number to text from")
         await asyncio.to_thread(send_text, self.twilio, self.info.person, body)
 
-    async def _hang_up(self, reason: str) -> None:
+    @property
+    def can_transfer(self) -> bool:
+        return bool(self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid and self.webhook_base)
+
+    async def transfer(self, request: TransferRequest) -> None:
+        """Redirect the call to dial ``request.number`` once the AI's line has played (see calls/transfer.py)."""
+        if not self.can_transfer:
+            raise RuntimeError("this line has no Twilio account to transfer calls with")
+        if self._transfer_task is None and self._hang_up_task is None:
+            self._transfer_task = asyncio.ensure_future(self._transfer(request))
+
+    async def _transfer(self, request: TransferRequest) -> None:
+        await self._heard_out()
+        if self.ending:
+            return
+        twiml = dial_twiml(request, done_url(self.webhook_base, request, self.info))
+        try:
+            await asyncio.to_thread(redirect_call, self.twilio, self.info.call_sid, twiml)
+        except Exception as exc:  # Twilio said no or cannot be reached: the caller stays with the AI
+            logger.error(f"call {self.info.call_sid}: transfer to {request.destination} failed: {twilio_said(exc)}; "
+                         "the call goes on")
+            self._transfer_task = None
+            return
+        logger.info(f"call {self.info.call_sid}: transferred to {request.destination} "
+                    f"({request.number}): {shown(request.reason, 200)}")
+        self.reason = request.reason
+        if self.info.journal is not None:
+            self.info.journal.update(transfer_destination=request.destination, transfer_to=request.number)
+        await self.end(None, f"transferred to {request.destination}", "transferred")
+
+    async def _heard_out(self) -> None:
+        """Wait until the line has been quiet long enough that what the AI said has fully played (bounded)."""
         loop, playback = asyncio.get_running_loop(), self.info.playback
         deadline, quiet_since = loop.time() + HANG_UP_MAX_WAIT_SECS, None
         while loop.time() < deadline:
@@ -92,6 +128,9 @@ class LiveCall:
             elif loop.time() - quiet_since >= HANG_UP_QUIET_SECS:
                 break
             await asyncio.sleep(0.05)
+
+    async def _hang_up(self, reason: str) -> None:
+        await self._heard_out()
         self._hanging_up = True  # from here on the hang-up cannot be taken back
         if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
             await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)

@@ -8,7 +8,9 @@ itself ends a call (time limit, shutdown) the caller hears a short goodbye first
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from urllib.parse import urlsplit
 
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame
@@ -24,10 +26,13 @@ from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.builder import build_pipeline
-from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.chain import Chain, build_chain
+from agent_voice_bridge.pipelines.fallback import load_fallback
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
+from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.services.transfer import AFTER_TRANSFER
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
@@ -73,10 +78,11 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     info = CallInfo(call_sid=start.call_sid or params.get("callSid", ""), stream_sid=start.stream_sid,
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream, line=line.name)
-    if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello":
+    back = params.get(AFTER_TRANSFER)  # the same call, back from a transfer nobody took
+    if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello" and not back:
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
-    chain = line.chain
-    live = LiveCall(info, chain, config.twilio)
+    chain = voicemail_chain() if back == "voicemail" else line.chain
+    live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config))
     info.control = live
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         await open_records(storage, info, chain, line.storage)
@@ -107,8 +113,9 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
-        if live._hang_up_task is not None:  # the caller hung up first
-            live._hang_up_task.cancel()
+        for pending in (live._hang_up_task, live._transfer_task):  # the caller hung up first
+            if pending is not None:
+                pending.cancel()
         metrics.LIVE_CALLS.labels(info.line).dec()
         metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
@@ -117,6 +124,20 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         calls.live.pop(key, None)
         calls.finished += 1
         logger.info(summary_line(live))
+
+
+def webhook_base(websocket: WebSocket, config: BridgeConfig) -> str:
+    """``https://host`` as Twilio reaches this server (``server.public_url``, else the stream's own host)."""
+    url = public_url(websocket.url, websocket.headers, public_base=config.server.public_url,
+                     trust_proxy=config.server.trust_proxy)
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@functools.cache
+def voicemail_chain() -> Chain:
+    """The built-in voicemail chain, for a call whose transfer nobody took (``on_no_answer: voicemail``)."""
+    return build_chain(load_fallback("voicemail", ""), fallbacks=False)
 
 
 def summary_line(live: LiveCall) -> str:

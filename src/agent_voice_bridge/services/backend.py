@@ -8,7 +8,7 @@ from typing import Literal
 from loguru import logger
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.services.llm_service import FunctionCallParams
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
@@ -16,6 +16,14 @@ from agent_voice_bridge.services import caller_verification
 from agent_voice_bridge.services.caller_verification import CallerVerification, Verify
 from agent_voice_bridge.services.templates import render
 from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
+from agent_voice_bridge.services.transfer import (
+    TRANSFER,
+    TransferDestination,
+    back_from_transfer,
+    check_destinations,
+    transfer_handler,
+    transfer_schema,
+)
 from agent_voice_bridge.transports.call_info import CallInfo
 
 TurnDetection = Literal["model", "local"]
@@ -39,7 +47,8 @@ class AgentParams(StageParams):
                               "any TwiML <Parameter> are filled in per call.")
     greeting: str | None = Field(default=None, description="When set the AI speaks first, saying this "
                                  "(a template like instructions).")
-    tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call.")
+    tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call, "
+                             "and the built-in 'transfer' (with transfer: destinations).")
     end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
     memory: MemoryParams | None = Field(
         default=None, description="Recall the same caller's last calls (from the stored transcripts, see "
@@ -47,11 +56,27 @@ class AgentParams(StageParams):
     fallback: str | None = Field(
         default=None, description="When the model cannot be reached or dies mid-call, move the caller to this "
         "chain instead of apologising: a built-in one by name (voicemail) or path/to/chain.yaml.")
+    transfer: dict[str, TransferDestination] = Field(
+        default_factory=dict, description="Who the model may put the caller through to (the 'transfer' tool), by "
+        "name, e.g. {billing: {number: '+15550188', say: 'Connecting you to billing now.'}}.")
+
+    @field_validator("transfer")
+    @classmethod
+    def _destinations(cls, destinations: dict[str, TransferDestination]) -> dict[str, TransferDestination]:
+        return check_destinations(destinations)
+
+    @model_validator(mode="after")
+    def _transfer_has_destinations(self) -> AgentParams:
+        if TRANSFER in self.tools and not self.transfer:
+            raise ValueError("tools: transfer needs destinations: transfer: {billing: {number: '+15550188'}}")
+        return self
 
     @field_validator("tools")
     @classmethod
     def _importable(cls, paths: list[str]) -> list[str]:
         for path in paths:
+            if path == TRANSFER:
+                continue
             try:
                 import_tool(path)
             except ToolError as exc:
@@ -63,10 +88,12 @@ class AgentParams(StageParams):
         return self.memory is not None and self.memory.verify == "sms" and call is not None and bool(call.memory)
 
     def tool_set(self) -> list[Tool]:
-        return [import_tool(path) for path in self.tools]
+        return [import_tool(path) for path in self.tools if path != TRANSFER]
 
     def tools_schema(self, call: CallInfo | None = None) -> ToolsSchema | None:
         schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
+        if self.transfer:
+            schemas.append(transfer_schema(self.transfer))
         if self.verifies_memory(call):
             schemas += caller_verification.schemas()
         return ToolsSchema(standard_tools=schemas) if schemas else None
@@ -93,6 +120,11 @@ def facts_of(ctx: StageContext) -> dict[str, str]:
 
 def rendered(template: str | None, ctx: StageContext) -> str | None:
     return render(template, facts_of(ctx)) if template else None
+
+
+def opening_line(params: AgentParams, ctx: StageContext) -> str | None:
+    """What the AI says first: the news when the caller is back from a transfer nobody took, else the greeting."""
+    return back_from_transfer(ctx.call) or rendered(params.greeting, ctx)
 
 
 def instructions_for(params: AgentParams, ctx: StageContext) -> str:
@@ -145,9 +177,11 @@ class BackendWatch:
 
 
 def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
-    """Give the service a handler for each declared tool, and for ``end_call``."""
+    """Give the service a handler for each declared tool, ``transfer`` and ``end_call``."""
     for tool in params.tool_set():
         service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)
+    if params.transfer:
+        service.register_function(TRANSFER, transfer_handler(params.transfer, call), cancel_on_interruption=False)
     if params.verifies_memory(call):
         assert call is not None
         verification = CallerVerification(call)

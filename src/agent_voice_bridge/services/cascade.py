@@ -24,8 +24,8 @@ from agent_voice_bridge.pipelines.stage import Role, Stage, StageContext, StageP
 from agent_voice_bridge.services.backend import (
     AgentParams,
     instructions_for,
+    opening_line,
     register_tools,
-    rendered,
 )
 
 
@@ -55,7 +55,7 @@ class CascadeLLM(Stage):
         """Seed this call's conversation: tools, greeting, the tool handlers and ``end_call``."""
         schema = params.tools_schema(ctx.call)
         self.initial_context = LLMContext(tools=schema) if schema else LLMContext()
-        self._greeting = rendered(params.greeting, ctx)
+        self._greeting = opening_line(params, ctx)
         register_tools(self, params, ctx.call)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):

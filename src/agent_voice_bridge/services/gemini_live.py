@@ -32,8 +32,8 @@ from agent_voice_bridge.services.backend import (
     RealtimeParams,
     greeting_prompt,
     instructions_for,
+    opening_line,
     register_tools,
-    rendered,
     ssl_context,
 )
 from agent_voice_bridge.services.gemini_session_switch import SessionSwitch
@@ -96,7 +96,7 @@ class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, Every
         context = ssl_context(params.ca_file)
         if context is not None:
             http["async_client_args"] = {"ssl": context}
-        greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
+        greeting, deferred = opening(opening_line(params, ctx), ctx.call)
         service = cls(
             call=ctx.call,
             api_key=params.api_key,

@@ -46,8 +46,8 @@ from agent_voice_bridge.services.backend import (
     RealtimeParams,
     greeting_prompt,
     instructions_for,
+    opening_line,
     register_tools,
-    rendered,
 )
 from agent_voice_bridge.services.held_audio import HeldAudio
 from agent_voice_bridge.services.opening import DeferredGreeting, opening
@@ -129,7 +129,7 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
             output=events.AudioOutput(format=fmt, voice=params.voice)), tools=params.tools_schema(ctx.call))
         settings = cls.Settings(model=params.model, system_instruction=instructions_for(params, ctx),
                                 session_properties=session)
-        greeting, deferred = opening(rendered(params.greeting, ctx), ctx.call)
+        greeting, deferred = opening(opening_line(params, ctx), ctx.call)
         service = cls(api_key=params.api_key, base_url=params.base_url or DEFAULT_URL, settings=settings,
                       call=ctx.call, audio_format=params.audio_format, greeting=greeting, deferred=deferred,
                       model_turns=params.turn_detection == "model", session_limit_secs=params.session_limit_secs,

@@ -36,6 +36,9 @@ class CallRecord:
     usage: dict[str, int] = field(default_factory=dict)  # model token usage, summed
     parameters: dict[str, str] = field(default_factory=dict)  # TwiML <Parameter>s
     recording_path: str | None = None
+    transfer_destination: str | None = None  # the AI's transfer tool: the destination's name (billing)
+    transfer_to: str | None = None  # and its number
+    transfer_status: str | None = None  # how Twilio's <Dial> ended: completed, no_answer, busy, failed, canceled
 
     @property
     def duration_s(self) -> float | None:

@@ -4,17 +4,38 @@ A stage gets the call's :class:`~agent_voice_bridge.transports.call_info.CallInf
 ``call.control`` is this interface while a session runs the call (None in a pipeline
 built without one, e.g. a unit test), in the spirit of LiveKit's ``JobContext``. It is
 defined here, below the stages, so a stage depends on the promise and never on the
-session that keeps it (``calls.live_call.LiveCall``). Transfer and send-digits join
-it here.
+session that keeps it (``calls.live_call.LiveCall``). Send-digits joins it here.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+AfterNoAnswer = Literal["back", "voicemail"]
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Put the caller through to a person: what the AI's ``transfer`` tool asks of the call."""
+
+    destination: str
+    """The destination's name in the stage's ``transfer:`` (``billing``)."""
+    number: str
+    """E.164 number to dial."""
+    reason: str
+    say: str | None = None
+    """A line Twilio speaks to the caller before dialling; None when the AI has said its own."""
+    caller_id: str | None = None
+    """The caller ID the person sees; None: Twilio's default (the caller's own number on an inbound call)."""
+    timeout_secs: int = 30
+    """How long the person's phone rings before the dial counts as unanswered."""
+    on_no_answer: AfterNoAnswer = "back"
+    """Unanswered, busy or failed: ``back`` to the AI (which says so), or ``voicemail``."""
 
 
 class CallControl(Protocol):
-    """Hang up, take a hang-up back, end with a goodbye, text the person on the line."""
+    """Hang up, take a hang-up back, end with a goodbye, text the person on the line, transfer the call."""
 
     async def hang_up(self, reason: str) -> None:
         """End the call once what the caller is hearing has played (the AI said goodbye)."""
@@ -31,3 +52,12 @@ class CallControl(Protocol):
 
     async def send_text(self, body: str) -> None:
         """Text the person on the line (Twilio REST); raises if it could not be sent."""
+
+    @property
+    def can_transfer(self) -> bool:
+        """Whether :meth:`transfer` can redirect this call (the line has a Twilio account to do it with)."""
+
+    async def transfer(self, request: TransferRequest) -> None:
+        """Once what the caller is hearing has played, redirect the call (Twilio REST) to dial the person;
+        this call's pipeline then ends with outcome ``transferred``. Returns at once; if Twilio refuses the
+        redirect the call goes on with the AI (logged)."""

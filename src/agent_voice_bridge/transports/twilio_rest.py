@@ -1,4 +1,4 @@
-"""Twilio's REST API, for what the bridge asks of Twilio itself: placing a call and hanging one up.
+"""Twilio's REST API, for what the bridge asks of Twilio itself: placing, redirecting and hanging up calls.
 
 The ``twilio`` package does the HTTP (it is synchronous: callers run these in a
 thread). ``twilio.api_base_url`` points it elsewhere (a proxy, or the fake Twilio
@@ -97,6 +97,11 @@ def unreachable_why(exc: requests.RequestException) -> str:
 def send_text(twilio: TwilioConfig, to: str, body: str) -> None:
     """An SMS from ``twilio.phone_number`` (Twilio's Messages API); raises what the twilio package raises."""
     rest_client(twilio).messages.create(to=to, from_=twilio.phone_number, body=body)
+
+
+def redirect_call(twilio: TwilioConfig, call_sid: str, twiml: str) -> None:
+    """Give a live call new TwiML (its media stream ends, the new verbs run); raises what the twilio package raises."""
+    rest_client(twilio).calls(call_sid).update(twiml=twiml)
 
 
 def complete_call(twilio: TwilioConfig, call_sid: str) -> None:

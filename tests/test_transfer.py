@@ -1,0 +1,140 @@
+"""Cold transfer: the AI's ``transfer`` tool redirects the live call to dial a person (Twilio REST + TwiML).
+
+Twilio is the fake in ``fakes/twilio_rest.py`` (the ``twilio`` client pointed at it; it
+checks the TwiML against the SDK's model and posts the ``<Dial action>`` the test asks
+for); the models are the Gemini Live and OpenAI Realtime fakes; the caller is the
+simulated caller over a real WebSocket, on both legs of a call that comes back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_voice_bridge.pipelines.chain import build_chain
+from agent_voice_bridge.pipelines.errors import ConfigError
+from agent_voice_bridge.pipelines.loader import load_text
+from agent_voice_bridge.storage import CallStore
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, parse_twiml, run_call
+from conftest import LiveServer, free_port, speech
+from fakes.gemini_live import FakeGeminiLive, GeminiScript
+from fakes.openai_realtime import FakeOpenAIRealtime
+from fakes.twilio_rest import FakeTwilioRest
+from test_gemini_call import chain_yaml as gemini_chain
+from test_openai_call import passthrough_chain as openai_chain
+
+ACCOUNT, TOKEN = "ACtest00000000000000000000000000", "s3cret-token"
+CALLER, OUR_NUMBER = "+15550001111", "+15550100000"
+DESTINATIONS = ("      transfer:\n"
+                "        billing: {number: '+1 555 018 8000', say: 'Connecting you to billing now.', "
+                "caller_id: '+15550100000', timeout_secs: 20}\n"
+                "        sales: {number: '+15550199000', description: new orders}\n")
+
+
+def with_twilio(yaml_text: str, port: int, twilio: FakeTwilioRest, tmp_path: Path) -> str:
+    return (f"server: {{public_url: 'http://127.0.0.1:{port}'}}\n"
+            f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, phone_number: '{OUR_NUMBER}', "
+            f"api_base_url: '{twilio.url}'}}\n"
+            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db'}}\n" + yaml_text)
+
+
+def redirects(twilio: FakeTwilioRest) -> list[dict]:
+    return [u for u in twilio.updates if "Twiml" in u]
+
+
+async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "billing", "reason": "a question on an invoice"}})
+    async with FakeGeminiLive(script=script) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
+                "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
+            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
+                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
+                                        account_sid=ACCOUNT)
+                server.wait_idle(finished=1)
+                after = await twilio.dial_ended(result.call_sid, "completed", from_number=CALLER, to_number=OUR_NUMBER,
+                                                duration=42)
+                record = server.db(CallStore.get_call, result.call_sid)
+                turns = server.db(CallStore.transcript, result.call_sid)
+        session = await fake.session(0)
+    print(result.timeline())
+    declared = str(session.setup.get("tools"))
+    assert "'transfer'" in declared and "'billing', 'sales'" in declared and "new orders" in declared
+    redirect, = redirects(twilio)
+    assert redirect == {"call": result.call_sid, "Twiml": (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Connecting you to billing now.</Say>'
+        f'<Dial action="http://127.0.0.1:{port}/transfer/done?to=billing&amp;then=back&amp;line=default" '
+        'callerId="+15550100000" method="POST" timeout="20"><Number>+15550188000</Number></Dial></Response>')}
+    reply_end = result.events_of("audio_end")[-1].t
+    closed = result.events_of("closed")[-1]
+    assert closed.detail.endswith("by server") and closed.t >= reply_end, "redirected once the AI's line had played"
+    assert after == '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup /></Response>'
+    assert (record.outcome, record.reason) == ("transferred", "a question on an invoice")
+    assert (record.transfer_destination, record.transfer_to, record.transfer_status) == (
+        "billing", "+15550188000", "completed")
+    assert turns, "the transcript so far stays with the call"
+
+
+async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
+            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+                first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
+                                       from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+                server.wait_idle(finished=1)
+                twiml = await twilio.dial_ended(first.call_sid, "no-answer", from_number=CALLER, to_number=OUR_NUMBER)
+                stream_url, parameters = parse_twiml(twiml)
+                back = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=1.0)],
+                                      call_sid=first.call_sid, account_sid=ACCOUNT, custom_parameters=parameters)
+                server.wait_idle(finished=2)
+                record = server.db(CallStore.get_call, first.call_sid)
+        sessions = fake.sessions
+    print(back.timeline())
+    redirect, = redirects(twilio)
+    assert redirect["Twiml"] == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response>'
+        f'<Dial action="http://127.0.0.1:{port}/transfer/done?to=sales&amp;then=back&amp;line=default" '
+        'method="POST" timeout="30"><Number>+15550199000</Number></Dial></Response>'), "no say: the AI said its line"
+    assert "said its one short line" not in str(sessions[0].function_outputs)
+    assert "Say your one short line now" in str(sessions[0].function_outputs)
+    assert stream_url == f"ws://127.0.0.1:{port}/media-stream"
+    assert (parameters["transferTo"], parameters["transferStatus"], parameters["callSid"]) == (
+        "sales", "no-answer", first.call_sid)
+    assert "streamToken" in parameters, "the returning stream is checked like any other"
+    assert len(sessions) == 2
+    opening = [e for e in sessions[1].events if e["type"] == "conversation.item.create"]
+    assert "nobody at sales answered" in str(opening), "the AI opens with the news"
+    assert back.events_of("audio_start"), "and the caller hears it"
+    assert back.events_of("closed")[-1].detail.endswith("by caller")
+    assert (record.outcome, record.transfer_destination, record.transfer_status) == (
+        "caller_hung_up", "sales", "no_answer")
+
+
+async def test_without_a_twilio_account_the_model_hears_it_cannot_transfer() -> None:
+    async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:
+        yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
+        with LiveServer(yaml_text) as server:
+            result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=2.0)])
+        session = fake.sessions[0]
+    assert "cannot transfer" in str(session.function_outputs)
+    assert result.events_of("closed")[-1].detail.endswith("by caller"), "the call went on"
+
+
+@pytest.mark.parametrize("destinations, error", [
+    ("      transfer:\n        billing: {number: '555-0188'}\n", r"t.yaml:\d+: stage 2 \(openai.realtime\): .*E.164"),
+    ("      transfer:\n        billing: {number: '+15550188000', ring_for: 5}\n",
+     r"t.yaml:\d+: stage 2 \(openai.realtime\): .*ring_for"),
+    ("      transfer:\n        'bill ing': {number: '+15550188000'}\n", r"stage 2 \(openai.realtime\): .*'bill ing'"),
+    ("      tools: [transfer]\n", r"stage 2 \(openai.realtime\): .*transfer needs destinations"),
+    ("      transfer:\n        billing: {number: '+15550188000', timeout_secs: 2}\n", r"timeout_secs"),
+], ids=["not-e164", "unknown-key", "bad-name", "no-destinations", "timeout"])
+def test_bad_transfer_configuration_names_file_line_and_stage(destinations: str, error: str) -> None:
+    text = ("pipeline:\n  - twilio.input\n  - openai.realtime:\n      api_key: k\n      audio_format: pcmu\n"
+            + destinations + "  - twilio.output\n")
+    with pytest.raises(ConfigError, match=error):
+        build_chain(load_text(text, "t.yaml", {}))
