@@ -16,6 +16,7 @@ from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.storage import CallStore
+from agent_voice_bridge.storage.report import call_report
 from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, parse_twiml, run_call
 from conftest import LiveServer, free_port, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
@@ -36,7 +37,7 @@ def with_twilio(yaml_text: str, port: int, twilio: FakeTwilioRest, tmp_path: Pat
     return (f"server: {{public_url: 'http://127.0.0.1:{port}'}}\n"
             f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, phone_number: '{OUR_NUMBER}', "
             f"api_base_url: '{twilio.url}'}}\n"
-            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db'}}\n" + yaml_text)
+            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db', recordings: '{tmp_path}/recordings'}}\n" + yaml_text)
 
 
 def redirects(twilio: FakeTwilioRest) -> list[dict]:
@@ -76,6 +77,7 @@ async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_p
     assert (record.transfer_destination, record.transfer_to, record.transfer_status) == (
         "billing", "+15550188000", "completed")
     assert turns, "the transcript so far stays with the call"
+    assert "transfer   to billing (+15550188000): completed" in call_report(record, turns)
 
 
 async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(tmp_path: Path) -> None:
@@ -87,6 +89,7 @@ async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(t
                 first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
                 server.wait_idle(finished=1)
+                fake.tool_call = None  # back from the transfer, the model only talks
                 twiml = await twilio.dial_ended(first.call_sid, "no-answer", from_number=CALLER, to_number=OUR_NUMBER)
                 stream_url, parameters = parse_twiml(twiml)
                 back = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=1.0)],
@@ -138,3 +141,49 @@ def test_bad_transfer_configuration_names_file_line_and_stage(destinations: str,
             + destinations + "  - twilio.output\n")
     with pytest.raises(ConfigError, match=error):
         build_chain(load_text(text, "t.yaml", {}))
+
+
+async def test_a_busy_destination_with_on_no_answer_voicemail_takes_a_message(tmp_path: Path) -> None:
+    port = free_port()
+    async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            yaml_text = openai_chain(fake).replace(
+                "      voice: cedar\n", "      voice: cedar\n      transfer:\n"
+                "        sales: {number: '+15550199000', on_no_answer: voicemail}\n")
+            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+                first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
+                                       from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+                server.wait_idle(finished=1)
+                twiml = await twilio.dial_ended(first.call_sid, "busy", from_number=CALLER, to_number=OUR_NUMBER)
+                stream_url, parameters = parse_twiml(twiml)
+                back = await run_call(stream_url, [WaitHeard(timeout=10), WaitQuiet(idle=0.5),
+                                                   Say(speech("hello-world")), WaitQuiet(idle=6.0)],
+                                      call_sid=first.call_sid, account_sid=ACCOUNT, custom_parameters=parameters)
+                server.wait_idle(finished=2)
+                record = server.db(CallStore.get_call, first.call_sid)
+                messages = server.db(CallStore.messages, first.call_sid)
+        sessions = fake.sessions
+    print(back.timeline())
+    assert "then=voicemail" in redirects(twilio)[0]["Twiml"]
+    assert parameters["afterTransfer"] == "voicemail"
+    assert len(sessions) == 1, "the voicemail, not the AI, took the caller back"
+    assert back.events_of("closed")[-1].detail.endswith("by server"), "the voicemail hung up after the message"
+    assert len(messages) == 1 and messages[0].duration_ms >= 1000
+    assert (record.outcome, record.reason, record.transfer_status) == ("voicemail", "transfer to sales: busy", "busy")
+
+
+async def test_when_twilio_refuses_the_redirect_the_caller_stays_with_the_ai(tmp_path: Path) -> None:
+    port = free_port()
+    async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            twilio.outage = (500, "application/json", '{"code": 20500, "message": "Internal Server Error", '
+                             '"more_info": "https://www.twilio.com/docs/errors/20500", "status": 500}')
+            yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
+            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=3.0)],
+                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
+                                        account_sid=ACCOUNT)
+                server.wait_idle(finished=1)
+                record = server.db(CallStore.get_call, result.call_sid)
+    assert result.events_of("closed")[-1].detail.endswith("by caller"), "the call went on"
+    assert (record.outcome, record.transfer_destination) == ("caller_hung_up", None)

@@ -32,7 +32,7 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
 from agent_voice_bridge.security.signatures import public_url
-from agent_voice_bridge.services.transfer import AFTER_TRANSFER
+from agent_voice_bridge.services.transfer import AFTER_TRANSFER, TRANSFER_STATUS, TRANSFERRED_TO
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
@@ -83,6 +83,9 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     chain = voicemail_chain() if back == "voicemail" else line.chain
     live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config))
+    if back == "voicemail":  # a message for the person nobody reached: the call's outcome, however it ends
+        live.outcome = live.fell_back = "voicemail"
+        live.reason = f"transfer to {params.get(TRANSFERRED_TO, '?')}: {params.get(TRANSFER_STATUS, '?')}"
     info.control = live
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         await open_records(storage, info, chain, line.storage)

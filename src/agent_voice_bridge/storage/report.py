@@ -64,6 +64,9 @@ def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Messag
         + (f", session switches {record.session_switches}" if record.session_switches else ""),
         f"usage      {usage}",
     ]
+    if record.transfer_destination:
+        status = (record.transfer_status or "no word from Twilio yet").replace("_", " ")
+        lines.append(f"transfer   to {record.transfer_destination} ({record.transfer_to or '-'}): {status}")
     if record.recording_path:
         lines.append(f"recording  {record.recording_path}")
     # A turn with no words (the echo line's replies, a model without transcription) would print an empty
