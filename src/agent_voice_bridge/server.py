@@ -21,6 +21,7 @@ from loguru import logger
 from agent_voice_bridge import metrics
 from agent_voice_bridge.calls.records import recall, record_refusal
 from agent_voice_bridge.calls.registry import CallRegistry
+from agent_voice_bridge.calls.warm_transfer import WarmTransfers
 from agent_voice_bridge.calls.session import run_call
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.configuration import ServerSetup
@@ -109,6 +110,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
         freeze_start_up_objects()
         async with live_edits(reloader):
             yield
+        await transfers.close()
         if storage is not None:
             await message_transcriber.drain()  # a message being transcribed keeps its transcript
             await storage.close()
@@ -123,6 +125,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
     browsers = BrowserHosts(server, development=gate.mode == "development")
     app.add_middleware(BrowserHostGuard, hosts=browsers)  # DNS rebinding: /phone*, /calls* on localhost only
     calls = CallRegistry()
+    transfers = calls.transfers = WarmTransfers(config.twilio, gate, storage)
     app.state.calls = calls
     app.state.chains = chains
     reloader = Reloader(setup, chains) if setup is not None else None
@@ -205,7 +208,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
     app.include_router(softphone_router(config, gate, chains))
     app.include_router(calls_router(config, storage, chains))
     app.include_router(outbound_router(config, gate, webhooks, chains, storage))
-    app.include_router(transfer_router(gate, webhooks, storage))
+    app.include_router(transfer_router(gate, webhooks, storage, chains, transfers))
     return app
 
 

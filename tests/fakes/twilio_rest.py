@@ -214,18 +214,32 @@ class FakeTwilioRest:
         return response.text
 
     async def dial_ended(self, call_sid: str, dial_status: str, *, from_number: str, to_number: str,
-                         direction: str = "inbound", duration: int = 0) -> str:
+                         direction: str = "inbound", duration: int = 0, call_status: str = "in-progress") -> str:
         """The ``<Dial>`` of the TwiML this call was last redirected to ended with ``dial_status``
         (``completed``, ``answered``, ``no-answer``, ``busy``, ``failed``, ``canceled``): Twilio posts its
-        ``action`` URL; returns the TwiML the server answered with."""
+        ``action`` URL; returns the TwiML the server answered with. ``call_status`` ``completed``: the
+        caller hung up, which also ends the dial."""
         twiml = next(u["Twiml"] for u in reversed(self.updates) if u["call"] == call_sid and "Twiml" in u)
         dial = check_twiml(twiml).find("Dial")
         assert dial is not None and dial.get("action"), f"no <Dial action> in {twiml}"
         form = {"AccountSid": self.account_sid, "CallSid": call_sid, "From": from_number, "To": to_number,
-                "Direction": direction, "ApiVersion": "2010-04-01", "CallStatus": "in-progress",
+                "Direction": direction, "ApiVersion": "2010-04-01", "CallStatus": call_status,
                 "DialCallStatus": dial_status}
         if dial_status in ("completed", "answered"):
             form.update(DialCallSid="CA" + uuid.uuid4().hex, DialCallDuration=str(duration))
         response = await self._post(dial.get("action", ""), form)
+        response.raise_for_status()
+        return response.text
+
+    async def gather(self, call_sid: str, twiml: str, **result: str) -> str:
+        """The person answered the ``<Gather>`` in ``twiml`` (the placed call's): ``Digits="1"``,
+        ``SpeechResult="Yes."`` (with ``Confidence``), or nothing (its timeout; ``actionOnEmptyResult``).
+        Twilio posts the Gather's action; returns the server's TwiML."""
+        gather = check_twiml(twiml).find("Gather")
+        assert gather is not None and gather.get("action"), f"no <Gather action> in {twiml}"
+        if "SpeechResult" in result:
+            result.setdefault("Confidence", "0.92")
+        response = await self._post(gather.get("action", ""), self._form(self._call(call_sid), CallStatus="in-progress",
+                                                                          **result))
         response.raise_for_status()
         return response.text

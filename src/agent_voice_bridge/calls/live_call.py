@@ -17,6 +17,7 @@ from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.calls.transfer import dial_twiml, done_url
+from agent_voice_bridge.calls.warm_transfer import WarmTransfers
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_rest import complete_call, redirect_call, send_text, twilio_said
@@ -46,6 +47,8 @@ class LiveCall:
     """Once the call moved to a fallback (``voicemail``): the outcome, however the call then ends."""
     webhook_base: str = ""
     """The bridge's public ``https://host`` as Twilio reaches it: where a transfer's ``<Dial action>`` points."""
+    transfers: WarmTransfers | None = None
+    """The server's warm transfers (a ``warm`` destination puts the caller on hold there)."""
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
@@ -101,9 +104,12 @@ class LiveCall:
         await self._heard_out()
         if self.ending:
             return
-        twiml = dial_twiml(request, done_url(self.webhook_base, request, self.info))
         try:
-            await asyncio.to_thread(redirect_call, self.twilio, self.info.call_sid, twiml)
+            if request.warm and self.transfers is not None:
+                await self.transfers.start(self.info, request, self.webhook_base)
+            else:
+                twiml = dial_twiml(request, done_url(self.webhook_base, request, self.info))
+                await asyncio.to_thread(redirect_call, self.twilio, self.info.call_sid, twiml)
         except Exception as exc:  # Twilio said no or cannot be reached: the caller stays with the AI
             logger.error(f"call {self.info.call_sid}: transfer to {request.destination} failed: {twilio_said(exc)}; "
                          "the call goes on")

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from agent_voice_bridge.calls.live_call import LiveCall
+from agent_voice_bridge.calls.warm_transfer import WarmTransfers
 
 
 @dataclass
@@ -15,6 +16,8 @@ class CallRegistry:
     live: dict[str, LiveCall] = field(default_factory=dict)
     finished: int = 0
     refused: int = 0
+    transfers: WarmTransfers | None = None
+    """Warm transfers in progress: their callers are on hold, off any stream (see calls/warm_transfer.py)."""
 
     async def end_all(self, goodbye: str, reason: str) -> None:
         await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))

@@ -82,7 +82,7 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello" and not back:
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     chain = voicemail_chain() if back == "voicemail" else line.chain
-    live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config))
+    live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config), transfers=calls.transfers)
     if back == "voicemail":  # a message for the person nobody reached: the call's outcome, however it ends
         live.outcome = live.fell_back = "voicemail"
         live.reason = f"transfer to {params.get(TRANSFERRED_TO, '?')}: {params.get(TRANSFER_STATUS, '?')}"

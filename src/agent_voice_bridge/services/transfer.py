@@ -19,6 +19,7 @@ back to the AI as a new stream of the same call whose parameters say so
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.services.llm_service import FunctionCallParams
@@ -29,6 +30,8 @@ from agent_voice_bridge.transports.call_control import AfterNoAnswer, TransferRe
 from agent_voice_bridge.transports.call_info import CallInfo
 
 TRANSFER = "transfer"
+MAX_SUMMARY_CHARS = 400
+"""A warm transfer's brief rides in a signed webhook URL and is spoken to a person waiting to decide: short."""
 DESTINATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 TRANSFERRED_TO = "transferTo"
 """Stream <Parameter> of a call back from a transfer: the destination's name."""
@@ -40,6 +43,9 @@ AFTER_TRANSFER = "afterTransfer"
 _NEWS = {
     "busy": "Sorry, {name} is busy right now.",
     "no-answer": "Sorry, nobody at {name} answered.",
+    "declined": "Sorry, {name} can't take the call right now.",
+    "machine": "Sorry, I only reached an answering machine at {name}.",
+    "left": "{name} has left the call.",
 }
 _NEWS_OTHERWISE = "Sorry, I could not put you through to {name}."
 
@@ -68,6 +74,19 @@ class TransferDestination(BaseModel):
                                         "which tells the caller, or 'voicemail'.")
     description: str | None = Field(default=None, description="Who this is, for the model (e.g. 'invoices and "
                                     "refunds').")
+    warm: bool = Field(default=False, description="Warm transfer: the caller waits on hold while the person is rung, "
+                       "briefed with the AI's summary, and asked to accept (press 1 or say yes).")
+    brief_timeout_secs: int = Field(default=15, ge=3, le=120, description="Warm: how long the person has to accept "
+                                    "once briefed.")
+    hold_audio: str | None = Field(default=None, description="Warm: a WAV or MP3 the caller hears on hold, looped "
+                                   "(unset: the built-in hold music).")
+
+    @field_validator("hold_audio")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"hold_audio {value!r}: no such file")
+        return value
 
     @field_validator("number")
     @classmethod
@@ -95,7 +114,10 @@ def transfer_schema(destinations: dict[str, TransferDestination]) -> FunctionSch
         "connecting them (unless the result says they hear a line already); the call is handed over once they "
         f"have heard it, and you leave the call.{f' Destinations: {who}.' if who else ''}",
         properties={"to": {"type": "string", "enum": list(destinations), "description": "Who to put them through to."},
-                    "reason": {"type": "string", "description": "Why, in a few words (kept with the call's record)."}},
+                    "reason": {"type": "string", "description": "Why, in a few words (kept with the call's record)."},
+                    **({"summary": {"type": "string", "description": "For the person, before they take the call: "
+                                    "who is calling and what they need, in one or two spoken sentences."}}
+                       if any(d.warm for d in destinations.values()) else {})},
         required=["to"],
     )
 
@@ -117,10 +139,14 @@ def transfer_handler(destinations: dict[str, TransferDestination], call: CallInf
         reason = str(args.arguments.get("reason") or f"the caller asked for {name}")
         said = (f"The caller now hears: \"{destination.say}\". Say nothing more." if destination.say
                 else "Say your one short line now; the caller is put through once they have heard it.")
+        if destination.warm:
+            said += " They wait on hold while the person is asked; if the person cannot take it, they come back to you."
         await args.result_callback({"result": f"Transferring to {name}. {said}"})
+        summary = str(args.arguments.get("summary") or f"A caller needs {name}: {reason}.")
         request = TransferRequest(destination=name, number=destination.number, reason=reason, say=destination.say,
                                   caller_id=destination.caller_id, timeout_secs=destination.timeout_secs,
-                                  on_no_answer=destination.on_no_answer)
+                                  on_no_answer=destination.on_no_answer, warm=destination.warm,
+                                  summary=summary[:MAX_SUMMARY_CHARS], brief_secs=destination.brief_timeout_secs)
         await control.transfer(request)
 
     return transfer

@@ -32,6 +32,12 @@ class TransferRequest:
     """How long the person's phone rings before the dial counts as unanswered."""
     on_no_answer: AfterNoAnswer = "back"
     """Unanswered, busy or failed: ``back`` to the AI (which says so), or ``voicemail``."""
+    warm: bool = False
+    """Warm: the caller waits on hold while the person is rung and briefed, and joins only if they accept."""
+    summary: str = ""
+    """Warm: the AI's brief for the person (who is calling, about what)."""
+    brief_secs: int = 15
+    """Warm: how long the person has, once briefed, to accept (press 1 or say yes)."""
 
 
 class CallControl(Protocol):

@@ -50,11 +50,16 @@ class PlacedCall:
 
 
 def place_call(twilio: TwilioConfig, *, to: str, answer_url: str, status_url: str,
-               machine_detection: bool) -> PlacedCall:
-    """Ask Twilio to ring ``to`` from ``twilio.phone_number``; ``answer_url`` gets the answered call."""
+               machine_detection: bool | str, timeout: int | None = None) -> PlacedCall:
+    """Ask Twilio to ring ``to`` from ``twilio.phone_number``; ``answer_url`` gets the answered call.
+    ``machine_detection``: True for ``DetectMessageEnd`` (leave a message), or Twilio's mode by name
+    (``Enable``: say who answered as soon as it knows); ``timeout``: seconds to ring (Twilio's default 60)."""
     from twilio.base.exceptions import TwilioException
 
-    options = {"machine_detection": "DetectMessageEnd"} if machine_detection else {}
+    mode = "DetectMessageEnd" if machine_detection is True else machine_detection
+    options: dict[str, object] = {"machine_detection": mode} if mode else {}
+    if timeout is not None:
+        options["timeout"] = timeout
     try:
         call = rest_client(twilio).calls.create(
             to=to, from_=twilio.phone_number, url=answer_url, method="POST", status_callback=status_url,
@@ -102,6 +107,11 @@ def send_text(twilio: TwilioConfig, to: str, body: str) -> None:
 def redirect_call(twilio: TwilioConfig, call_sid: str, twiml: str) -> None:
     """Give a live call new TwiML (its media stream ends, the new verbs run); raises what the twilio package raises."""
     rest_client(twilio).calls(call_sid).update(twiml=twiml)
+
+
+def end_call(twilio: TwilioConfig, call_sid: str, status: str) -> None:
+    """Cancel a ringing call (``canceled``) or hang up a live one (``completed``); raises as the twilio package does."""
+    rest_client(twilio).calls(call_sid).update(status=status)
 
 
 def complete_call(twilio: TwilioConfig, call_sid: str) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 from loguru import logger
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.config import ServerConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.sids import is_call_sid
+from agent_voice_bridge.transports.twiml import STREAM_PATH, connect_twiml, stream_url  # noqa: F401  (used by the webhooks)
 
-STREAM_PATH = "/media-stream"
 
 
 class SignedWebhooks:
@@ -39,16 +38,10 @@ class SignedWebhooks:
 
     def stream_url(self, request: Request) -> str:
         """``wss://…/media-stream`` on the host Twilio reached this webhook at."""
-        base = public_url(request.url, request.headers, public_base=self._server.public_url,
-                          trust_proxy=self._server.trust_proxy, websocket=True)
-        return base.split("?")[0].removesuffix(request.url.path) + STREAM_PATH
+        return stream_url(self.base_url(request))
 
-
-def connect_twiml(url: str, parameters: dict[str, str]) -> str:
-    response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=url)
-    for name, value in parameters.items():
-        stream.parameter(name=name, value=value)
-    response.append(connect)
-    return str(response)
+    def base_url(self, request: Request) -> str:
+        """``https://host`` as Twilio reached this webhook."""
+        url = public_url(request.url, request.headers, public_base=self._server.public_url,
+                         trust_proxy=self._server.trust_proxy)
+        return url.split("?")[0].removesuffix(request.url.path)
