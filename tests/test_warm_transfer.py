@@ -74,8 +74,8 @@ class Warm:
 class warm_call:
     """``async with warm_call(tmp_path) as warm:`` the AI has put the caller on hold and the person's phone rings."""
 
-    def __init__(self, tmp_path: Path, hold_limit: float | None = None):
-        self.tmp_path, self.hold_limit = tmp_path, hold_limit
+    def __init__(self, tmp_path: Path, hold_limit: float | None = None, destination: str = WARM):
+        self.tmp_path, self.hold_limit, self.destination = tmp_path, hold_limit, destination
 
     async def __aenter__(self) -> Warm:
         port = free_port()
@@ -84,7 +84,7 @@ class warm_call:
         fake = await self._fake.__aenter__()
         self._twilio = FakeTwilioRest(ACCOUNT, TOKEN)
         twilio = self._twilio.__enter__()
-        yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + WARM)
+        yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + self.destination)
         self._server = LiveServer(with_twilio(yaml_text, port, twilio, self.tmp_path), port=port)
         server = self._server.__enter__()
         if self.hold_limit is not None:
@@ -218,3 +218,30 @@ async def test_the_watchdog_brings_a_forgotten_caller_back(tmp_path: Path) -> No
     assert parameters["transferStatus"] == "no-answer"
     assert {"call": warm.person.sid, "Status": "canceled"} in warm.twilio.updates
     assert record.transfer_status == "back"
+
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["built-in", "own-file"])
+async def test_the_caller_on_hold_hears_looped_hold_audio_which_the_user_can_replace(tmp_path: Path, own: bool) -> None:
+    from importlib import resources
+
+    import httpx
+    import numpy as np
+
+    from agent_voice_bridge.transports.simulated_caller import save_wav
+
+    destination = WARM
+    if own:
+        save_wav(tmp_path / "hold.wav", (np.sin(np.arange(8000) * 2 * np.pi * 660 / 8000) * 8000).astype(np.int16))
+        destination = WARM.replace("brief_timeout_secs: 10}", f"brief_timeout_secs: 10, hold_audio: '{tmp_path}/hold.wav'}}")
+    async with warm_call(tmp_path, destination=destination) as warm:
+        hold, = redirects(warm.twilio)
+        play = await warm.twilio.wait_url(hold["Twiml"], warm.call_sid, CALLER, OUR_NUMBER)
+        audio_url = play.split('<Play loop="0">')[1].split("</Play>")[0].replace("&amp;", "&")
+        async with httpx.AsyncClient() as http:
+            audio = await http.get(audio_url)
+    assert play.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Play loop="0">http://127.0.0.1:')
+    assert audio.status_code == 200 and audio.content[:4] == b"RIFF" and audio.content[8:12] == b"WAVE"
+    expected = ((tmp_path / "hold.wav").read_bytes() if own
+                else resources.files("agent_voice_bridge.assets").joinpath("hold_music.wav").read_bytes())
+    assert audio.content == expected

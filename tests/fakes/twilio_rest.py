@@ -193,6 +193,16 @@ class FakeTwilioRest:
         return {"AccountSid": self.account_sid, "CallSid": call.sid, "From": str(call.form["From"]),
                 "To": str(call.form["To"]), "Direction": "outbound-api", "ApiVersion": "2010-04-01", **extra}
 
+    async def wait_url(self, twiml: str, call_sid: str, from_number: str, to_number: str) -> str:
+        """The caller waits alone in the ``<Conference>`` of ``twiml``: Twilio posts its ``waitUrl``."""
+        conference = check_twiml(twiml).find("Dial/Conference")
+        assert conference is not None and conference.get("waitUrl"), f"no <Conference waitUrl> in {twiml}"
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "From": from_number, "To": to_number,
+                "CallStatus": "in-progress", "QueuePosition": "1", "ApiVersion": "2010-04-01"}
+        response = await self._post(conference.get("waitUrl", ""), form)
+        response.raise_for_status()
+        return response.text
+
     async def _post(self, url: str, form: dict[str, str]) -> httpx.Response:
         signature = self._validator.compute_signature(url, form)
         async with httpx.AsyncClient() as http:
