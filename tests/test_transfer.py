@@ -33,10 +33,10 @@ DESTINATIONS = ("      transfer:\n"
                 "        sales: {number: '+15550199000', description: new orders}\n")
 
 
-def with_twilio(yaml_text: str, port: int, twilio: FakeTwilioRest, tmp_path: Path) -> str:
+def with_twilio(yaml_text: str, port: int, api_url: str, tmp_path: Path) -> str:
     return (f"server: {{public_url: 'http://127.0.0.1:{port}'}}\n"
             f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, phone_number: '{OUR_NUMBER}', "
-            f"api_base_url: '{twilio.url}'}}\n"
+            f"api_base_url: '{api_url}'}}\n"
             f"storage: {{url: 'sqlite:///{tmp_path}/calls.db', recordings: '{tmp_path}/recordings'}}\n" + yaml_text)
 
 
@@ -51,7 +51,7 @@ async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_p
         with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
             yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
                 "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
-            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
                 result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
                                         from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
                                         account_sid=ACCOUNT)
@@ -85,7 +85,7 @@ async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(t
     async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:
         with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
             yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
-            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
                 first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
                 server.wait_idle(finished=1)
@@ -150,7 +150,7 @@ async def test_a_busy_destination_with_on_no_answer_voicemail_takes_a_message(tm
             yaml_text = openai_chain(fake).replace(
                 "      voice: cedar\n", "      voice: cedar\n      transfer:\n"
                 "        sales: {number: '+15550199000', on_no_answer: voicemail}\n")
-            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
                 first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
                 server.wait_idle(finished=1)
@@ -179,7 +179,7 @@ async def test_when_twilio_refuses_the_redirect_the_caller_stays_with_the_ai(tmp
             twilio.outage = (500, "application/json", '{"code": 20500, "message": "Internal Server Error", '
                              '"more_info": "https://www.twilio.com/docs/errors/20500", "status": 500}')
             yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
-            with LiveServer(with_twilio(yaml_text, port, twilio, tmp_path), port=port) as server:
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
                 result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=3.0)],
                                         from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
                                         account_sid=ACCOUNT)
@@ -187,3 +187,50 @@ async def test_when_twilio_refuses_the_redirect_the_caller_stays_with_the_ai(tmp
                 record = server.db(CallStore.get_call, result.call_sid)
     assert result.events_of("closed")[-1].detail.endswith("by caller"), "the call went on"
     assert (record.outcome, record.transfer_destination) == ("caller_hung_up", None)
+
+
+@pytest.mark.parametrize("warm, answer", [(False, "no-answer"), (False, "take"), (True, "decline"), (True, "take")],
+                         ids=["cold-no-answer", "cold-taken", "warm-declined", "warm-joined"])
+async def test_voice_bridge_call_follows_a_transfer_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys, warm: bool, answer: str) -> None:
+    from conftest import run_cli
+
+    rest_port = free_port()  # the CLI plays Twilio's REST API there
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    port = free_port()
+    destination = DESTINATIONS.replace("description: new orders}", "description: new orders, warm: true}")
+    async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}},
+                                  tool_call_sessions=1) as fake:
+        yaml_text = openai_chain(fake).replace("      voice: cedar\n",
+                                               "      voice: cedar\n" + (destination if warm else DESTINATIONS))
+        with LiveServer(with_twilio(yaml_text, port, f"http://127.0.0.1:{rest_port}", tmp_path), port=port) as server:
+            capsys.readouterr()
+            code = await run_cli("call", server.http_url, "--wav", str(Path(__file__).parent / "fixtures" / "speech"
+                                                                       / "hello-world.wav"),
+                                 "--greeting-wait", "0", "--idle", "1", "--to", OUR_NUMBER,
+                                 "--twilio-api", str(rest_port), "--transfer-answer", answer,
+                                 "--out", str(tmp_path / "heard.wav"))
+            out = capsys.readouterr().out
+            server.wait_idle(finished=2 if answer != "take" else 1)
+            record = server.db(CallStore.get_call, server.db(CallStore.recent_calls, 1)[0].call_sid)
+        sessions = fake.sessions
+    print(out)
+    assert code == 0
+    transfers = [line for line in out.splitlines() if line.startswith("transfer: ")]
+    if warm:
+        assert transfers[0] == "transfer: on hold for a warm transfer"
+        assert "the bridge rings +15550199000" in transfers[1]
+        assert "Press 1 or say yes" in transfers[2]
+    else:
+        assert transfers[0] == "transfer: transferred to +15550199000 (rings 30 s)"
+    if answer == "take":
+        assert len(sessions) == 1 and record.outcome == "transferred"
+        assert transfers[-1] in ("transfer: the call ended", "transfer: the person pressed 1 and joined the caller "
+                                 f"in conference {record.call_sid}; the caller hangs up")
+    else:
+        news = "no-answer" if not warm else "declined"
+        assert transfers[-1] == f"transfer: back on the line with the bridge (the transfer: {news})"
+        assert len(sessions) == 2, "the caller was back with the AI"
+        assert out.count("audio_start") >= 2, "and heard it on the leg back"
+    assert (tmp_path / "heard.wav").stat().st_size > 8000

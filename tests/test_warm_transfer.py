@@ -85,7 +85,7 @@ class warm_call:
         self._twilio = FakeTwilioRest(ACCOUNT, TOKEN)
         twilio = self._twilio.__enter__()
         yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + self.destination)
-        self._server = LiveServer(with_twilio(yaml_text, port, twilio, self.tmp_path), port=port)
+        self._server = LiveServer(with_twilio(yaml_text, port, twilio.url, self.tmp_path), port=port)
         server = self._server.__enter__()
         if self.hold_limit is not None:
             server.calls.transfers.hold_limit = lambda request: self.hold_limit

@@ -169,19 +169,47 @@ def _cmd_call(args: argparse.Namespace) -> int:
         print(f"voice-bridge call: cannot read a --wav file: {exc}", file=sys.stderr)
         return 2
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    account = os.environ.get("TWILIO_ACCOUNT_SID") or None
+    if args.twilio_api is not None and not (token and account):
+        print("voice-bridge call: --twilio-api plays Twilio's REST API for the server: set TWILIO_ACCOUNT_SID and "
+              "TWILIO_AUTH_TOKEN to the server's twilio.account_sid and auth_token", file=sys.stderr)
+        return 2
     try:
-        result = asyncio.run(run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
-                                      auth_token=token))
+        result, legs = asyncio.run(_call_and_follow(args, steps, token, account))
     except (OSError, ValueError, CallSetupError) as exc:
         print(f"voice-bridge call: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(result.timeline())
     if result.events_of("gave_up"):
         print("  (--greeting-wait, --timeout and --idle set how long the caller waits)")
+    for leg in legs:
+        print(f"transfer: {leg.what}")
+        if leg.result is not None:
+            print(leg.result.timeline())
     if args.out:
-        save_wav(args.out, result.heard)
+        import numpy
+
+        save_wav(args.out, numpy.concatenate([result.heard] + [leg.result.heard for leg in legs if leg.result]))
         print(f"heard audio written to {args.out}")
     return 0
+
+
+async def _call_and_follow(args: argparse.Namespace, steps: list[Step], token: str | None, account: str | None):
+    """The call; with ``--twilio-api``, the transfers the server makes of it too, followed to their end."""
+    from agent_voice_bridge.transports.simulated_caller import WaitReply, run_call
+    from agent_voice_bridge.transports.simulated_twilio import SimulatedTwilio, follow_transfers
+
+    if args.twilio_api is None:
+        return await run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
+                              auth_token=token), []
+    assert token is not None and account is not None
+    async with SimulatedTwilio(account, token, args.twilio_api) as twilio:
+        first = await run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
+                               auth_token=token, account_sid=account)
+        legs = await follow_transfers(twilio, first, from_number=args.from_number, to_number=args.to_number,
+                                      answer=args.transfer_answer,
+                                      listen=[WaitReply(timeout=args.timeout, idle=args.idle, what="the line")])
+    return first, legs
 
 
 def call_script(args: argparse.Namespace, wavs: list[tuple[str, np.ndarray]]) -> list[Step]:
@@ -443,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--greeting-wait", type=float, default=4.0, metavar="SECS",
                       help="longest wait for the line's greeting to begin before speaking; 0 speaks at once "
                            "(default 4)")
+    call.add_argument("--twilio-api", type=int, metavar="PORT",
+                      help="play Twilio's REST API on 127.0.0.1:PORT (point the server's twilio.api_base_url at it) "
+                           "and follow the server's transfers of the call to their end")
+    call.add_argument("--transfer-answer", default="no-answer", choices=["take", "no-answer", "busy", "decline", "machine"],
+                      help="with --twilio-api, what the person a call is transferred to does (default no-answer: "
+                           "the call comes back to the bridge)")
     call.set_defaults(func=_cmd_call)
 
     calls = sub.add_parser("calls", help="recent calls, a line each; 'calls show CALLSID' for one in full; "

@@ -1028,7 +1028,8 @@ class FakeRealtimeSession:
         index = len(self.responses_created)
         tool = opts.tool_call
         if (tool is not None and not self._tool_call_issued and index >= opts.tool_call_response
-                and tool["name"] in self._declared_tools(params)):
+                and tool["name"] in self._declared_tools(params)
+                and (opts.tool_call_sessions is None or opts.sessions.index(self) < opts.tool_call_sessions)):
             kind = "function_call"
         record = ResponseRecord(
             id=_new_id("resp_"), trigger=trigger, kind=kind, instructions=params.get("instructions"),
@@ -1246,6 +1247,8 @@ class FakeOpenAIRealtime:
       ``response.create``) declares a function tool of that name becomes a function call
       instead of speech. Issued once; the next ``response.create`` (normally after the
       client's ``function_call_output``) speaks. An undeclared tool is never called.
+      ``tool_call_sessions``: only the first N connections make it (a call that comes back to the model
+      on a new session, e.g. from a transfer, is then only talked to).
     * ``vad_threshold_dbfs`` – energy VAD threshold; default maps ``turn_detection.threshold``
       t to ``-60 + 40·t`` dBFS (0.5 → -40 dBFS). ``min_speech_ms`` – voiced time needed
       before ``speech_started`` (default 30).
@@ -1273,6 +1276,7 @@ class FakeOpenAIRealtime:
         reply_transcript: str = DEFAULT_TRANSCRIPT,
         tool_call: dict[str, Any] | None = None,
         tool_call_response: int = 0,
+        tool_call_sessions: int | None = None,
         vad_threshold_dbfs: float | None = None,
         min_speech_ms: int = 30,
         input_transcript: str = "(fake transcript)",
@@ -1294,6 +1298,7 @@ class FakeOpenAIRealtime:
         self.reply_transcript = reply_transcript
         self.tool_call = tool_call
         self.tool_call_response = tool_call_response
+        self.tool_call_sessions = tool_call_sessions
         self.vad_threshold_dbfs = vad_threshold_dbfs
         self.min_speech_ms = min_speech_ms
         self.input_transcript = input_transcript
