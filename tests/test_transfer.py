@@ -80,6 +80,24 @@ async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_p
     assert "transfer   to billing (+15550188000): completed" in call_report(record, turns)
 
 
+async def test_a_model_slow_to_say_its_line_is_heard_before_the_call_is_transferred(tmp_path: Path) -> None:
+    port = free_port()
+    script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "sales"}}, latency_ms=1500)
+    async with FakeGeminiLive(script=script) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
+                "      voice: Kore\n", "      voice: Kore\n" + DESTINATIONS)
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
+                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=6.0)],
+                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
+                                        account_sid=ACCOUNT)
+    print(result.timeline())
+    assert len(redirects(twilio)) == 1
+    line = result.events_of("audio_end")
+    assert line, "the AI's line (1.5 s after the tool's result) played before the redirect"
+    assert result.events_of("closed")[-1].t >= line[-1].t
+
+
 async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(tmp_path: Path) -> None:
     port = free_port()
     async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}}) as fake:

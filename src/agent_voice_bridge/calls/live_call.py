@@ -25,6 +25,8 @@ from agent_voice_bridge.transports.twilio_rest import complete_call, redirect_ca
 HANG_UP_QUIET_SECS = 0.8
 """After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
 HANG_UP_MAX_WAIT_SECS = 20.0
+TRANSFER_LINE_WAIT_SECS = 3.0
+"""A transfer without a ``say`` line waits this long for the AI's own line (asked for by the tool's result) to begin."""
 
 
 @dataclass
@@ -101,6 +103,8 @@ class LiveCall:
             self._transfer_task = asyncio.ensure_future(self._transfer(request))
 
     async def _transfer(self, request: TransferRequest) -> None:
+        if not request.say:  # the model was told to say its line now: let it begin before waiting for quiet
+            await self._line_begins(TRANSFER_LINE_WAIT_SECS)
         await self._heard_out()
         if self.ending:
             return
@@ -121,6 +125,12 @@ class LiveCall:
         if self.info.journal is not None:
             self.info.journal.update(transfer_destination=request.destination, transfer_to=request.number)
         await self.end(None, f"transferred to {request.destination}", "transferred")
+
+    async def _line_begins(self, timeout: float) -> None:
+        loop, playback = asyncio.get_running_loop(), self.info.playback
+        deadline = loop.time() + timeout
+        while not playback.playing and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _heard_out(self) -> None:
         """Wait until the line has been quiet long enough that what the AI said has fully played (bounded)."""
