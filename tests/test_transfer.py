@@ -17,7 +17,15 @@ from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.report import call_report
-from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, parse_twiml, run_call
+from agent_voice_bridge.transports.simulated_caller import (
+    CallResult,
+    Pause,
+    Say,
+    WaitHeard,
+    WaitQuiet,
+    parse_twiml,
+    run_call,
+)
 from conftest import LiveServer, free_port, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
 from fakes.openai_realtime import FakeOpenAIRealtime
@@ -40,6 +48,12 @@ def with_twilio(yaml_text: str, port: int, api_url: str, tmp_path: Path) -> str:
             f"storage: {{url: 'sqlite:///{tmp_path}/calls.db', recordings: '{tmp_path}/recordings'}}\n" + yaml_text)
 
 
+async def ask_for_transfer(server: LiveServer, idle: float) -> CallResult:
+    """A signed inbound call whose caller says something (the scripted model then transfers) and listens on."""
+    return await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=idle)],
+                          from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+
+
 def redirects(twilio: FakeTwilioRest) -> list[dict]:
     return [u for u in twilio.updates if "Twiml" in u]
 
@@ -52,9 +66,7 @@ async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_p
             yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
                 "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
-                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
-                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
-                                        account_sid=ACCOUNT)
+                result = await ask_for_transfer(server, idle=5.0)
                 server.wait_idle(finished=1)
                 after = await twilio.dial_ended(result.call_sid, "completed", from_number=CALLER, to_number=OUR_NUMBER,
                                                 duration=42)
@@ -88,9 +100,7 @@ async def test_a_model_slow_to_say_its_line_is_heard_before_the_call_is_transfer
             yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
                 "      voice: Kore\n", "      voice: Kore\n" + DESTINATIONS)
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
-                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=6.0)],
-                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
-                                        account_sid=ACCOUNT)
+                result = await ask_for_transfer(server, idle=6.0)
     print(result.timeline())
     assert len(redirects(twilio)) == 1
     line = result.events_of("audio_end")
@@ -104,8 +114,7 @@ async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(t
         with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
             yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
-                first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
-                                       from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+                first = await ask_for_transfer(server, idle=5.0)
                 server.wait_idle(finished=1)
                 fake.tool_call = None  # back from the transfer, the model only talks
                 twiml = await twilio.dial_ended(first.call_sid, "no-answer", from_number=CALLER, to_number=OUR_NUMBER)
@@ -169,8 +178,7 @@ async def test_a_busy_destination_with_on_no_answer_voicemail_takes_a_message(tm
                 "      voice: cedar\n", "      voice: cedar\n      transfer:\n"
                 "        sales: {number: '+15550199000', on_no_answer: voicemail}\n")
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
-                first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
-                                       from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+                first = await ask_for_transfer(server, idle=5.0)
                 server.wait_idle(finished=1)
                 twiml = await twilio.dial_ended(first.call_sid, "busy", from_number=CALLER, to_number=OUR_NUMBER)
                 stream_url, parameters = parse_twiml(twiml)
@@ -198,9 +206,7 @@ async def test_when_twilio_refuses_the_redirect_the_caller_stays_with_the_ai(tmp
                              '"more_info": "https://www.twilio.com/docs/errors/20500", "status": 500}')
             yaml_text = openai_chain(fake).replace("      voice: cedar\n", "      voice: cedar\n" + DESTINATIONS)
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
-                result = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=3.0)],
-                                        from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
-                                        account_sid=ACCOUNT)
+                result = await ask_for_transfer(server, idle=3.0)
                 server.wait_idle(finished=1)
                 record = server.db(CallStore.get_call, result.call_sid)
     assert result.events_of("closed")[-1].detail.endswith("by caller"), "the call went on"

@@ -23,7 +23,7 @@ from conftest import LiveServer, free_port, speech
 from fakes.openai_realtime import FakeOpenAIRealtime
 from fakes.twilio_rest import FakeTwilioRest, PlacedCall
 from test_openai_call import passthrough_chain as openai_chain
-from test_transfer import ACCOUNT, CALLER, OUR_NUMBER, TOKEN, redirects, with_twilio
+from test_transfer import ACCOUNT, CALLER, OUR_NUMBER, TOKEN, ask_for_transfer, redirects, with_twilio
 
 SUMMARY = "Ann is calling about a refund for order 12."
 WARM = ("      transfer:\n"
@@ -89,8 +89,7 @@ class warm_call:
         server = self._server.__enter__()
         if self.hold_limit is not None:
             server.calls.transfers.hold_limit = lambda request: self.hold_limit
-        first = await run_call(server.http_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
-                               from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN, account_sid=ACCOUNT)
+        first = await ask_for_transfer(server, idle=5.0)
         server.wait_idle(finished=1)
         person, = twilio.calls
         return Warm(server, twilio, fake, port, first, person)
