@@ -258,3 +258,19 @@ async def test_voice_bridge_call_follows_a_transfer_to_its_end(tmp_path: Path, m
         assert len(sessions) == 2, "the caller was back with the AI"
         assert out.count("audio_start") >= 2, "and heard it on the leg back"
     assert (tmp_path / "heard.wav").stat().st_size > 8000
+
+
+async def test_an_end_call_after_a_transfer_began_does_not_hang_the_caller_up() -> None:
+    from agent_voice_bridge.calls.live_call import LiveCall
+    from agent_voice_bridge.pipelines.chain import Chain
+    from agent_voice_bridge.pipelines.config import TwilioConfig
+    from agent_voice_bridge.transports.call_control import TransferRequest
+    from agent_voice_bridge.transports.call_info import CallInfo
+
+    live = LiveCall(CallInfo(call_sid="CA" + "0" * 32, stream_sid="MZ1"), Chain(source="t.yaml", stages=[]),
+                    TwilioConfig(account_sid=ACCOUNT, auth_token=TOKEN, api_base_url="http://127.0.0.1:9"),
+                    webhook_base="https://voice.example.com")
+    await live.transfer(TransferRequest(destination="sales", number="+15550199000", reason="r", say="One moment."))
+    await live.hang_up("the model also said goodbye")
+    assert live._transfer_task is not None and live._hang_up_task is None
+    live._transfer_task.cancel()

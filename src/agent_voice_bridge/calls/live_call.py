@@ -66,8 +66,9 @@ class LiveCall:
         await self.worker.cancel(reason=reason)
 
     async def hang_up(self, reason: str) -> None:
-        """The AI said goodbye: hang up once the caller has heard it (Twilio's marks say when)."""
-        if self._hang_up_task is None:
+        """The AI said goodbye: hang up once the caller has heard it (Twilio's marks say when). Not while a
+        transfer is under way: the AI leaves the call then anyway, and the caller is on their way to a person."""
+        if self._hang_up_task is None and self._transfer_task is None:
             self._hang_up_task = asyncio.ensure_future(self._hang_up(reason))
 
     async def retract_hang_up(self) -> bool:
