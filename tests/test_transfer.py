@@ -116,6 +116,7 @@ async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(t
             with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
                 first = await ask_for_transfer(server, idle=5.0)
                 server.wait_idle(finished=1)
+                before = server.db(CallStore.get_call, first.call_sid)
                 fake.tool_call = None  # back from the transfer, the model only talks
                 twiml = await twilio.dial_ended(first.call_sid, "no-answer", from_number=CALLER, to_number=OUR_NUMBER)
                 stream_url, parameters = parse_twiml(twiml)
@@ -123,8 +124,14 @@ async def test_nobody_answers_and_the_caller_is_back_with_the_ai_which_says_so(t
                                       call_sid=first.call_sid, account_sid=ACCOUNT, custom_parameters=parameters)
                 server.wait_idle(finished=2)
                 record = server.db(CallStore.get_call, first.call_sid)
+                turns = server.db(CallStore.transcript, first.call_sid)
         sessions = fake.sessions
     print(back.timeline())
+    assert record.started_at == before.started_at, "one call, one clock: the leg back does not restart it"
+    assert record.duration_s > first.events_of("closed")[-1].t + back.events_of("closed")[-1].t - 1.0
+    agent = [t for t in turns if t.speaker == "agent"]
+    assert len(agent) >= 2 and agent[-1].started_ms > first.events_of("closed")[-1].t * 1000, \
+        "the leg back's turns follow the first leg's on the call's clock"
     redirect, = redirects(twilio)
     assert redirect["Twiml"] == (
         '<?xml version="1.0" encoding="UTF-8"?><Response>'

@@ -57,6 +57,17 @@ async def open_records(storage: CallStore | None, info: CallInfo, chain: Chain, 
         info.recorder = open_recorder(keep.recordings, info)
 
 
+async def call_began(storage: CallStore, call_sid: str) -> float | None:
+    """When a call that is back on a new stream (from a transfer) began, so its record keeps one clock (None if
+    unknown, or the database is slow)."""
+    try:
+        record = await asyncio.wait_for(storage.get_call(call_sid), DB_TIMEOUT_SECS)
+    except Exception as exc:
+        logger.warning(f"call {call_sid}: its start is not known ({exc.__class__.__name__}); timed from now")
+        return None
+    return record.started_at.timestamp() if record is not None else None
+
+
 def open_journal(storage: CallStore, info: CallInfo, pipeline: str) -> CallJournal:
     record = CallRecord(
         call_sid=info.call_sid or info.stream_sid, stream_sid=info.stream_sid, caller=info.caller,

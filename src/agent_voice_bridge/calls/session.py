@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 from agent_voice_bridge import metrics
 from agent_voice_bridge.calls.handover import move_to_fallback, take_over
 from agent_voice_bridge.calls.live_call import LiveCall
-from agent_voice_bridge.calls.records import close_records, open_records
+from agent_voice_bridge.calls.records import call_began, close_records, open_records
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
@@ -88,6 +88,8 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         live.reason = f"transfer to {params.get(TRANSFERRED_TO, '?')}: {params.get(TRANSFER_STATUS, '?')}"
     info.control = live
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
+        if storage is not None and back:  # the same call as before the transfer: its record and clock go on
+            info.started_at = await call_began(storage, info.call_sid) or info.started_at
         await open_records(storage, info, chain, line.storage)
         await _live(live, stream, calls, gate, line.policy.max_call_seconds)
 
