@@ -60,7 +60,7 @@ class Warm:
 
     def back_twiml(self) -> str:
         """The TwiML the caller was last redirected to (REST), which must bring them back to a stream."""
-        return redirects(self.twilio)[-1]["Twiml"]
+        return [u for u in redirects(self.twilio) if u["call"] == self.call_sid][-1]["Twiml"]
 
     async def back_leg(self) -> CallResult:
         stream_url, parameters = parse_twiml(self.back_twiml())
@@ -244,3 +244,73 @@ async def test_the_caller_on_hold_hears_looped_hold_audio_which_the_user_can_rep
     expected = ((tmp_path / "hold.wav").read_bytes() if own
                 else resources.files("agent_voice_bridge.assets").joinpath("hold_music.wav").read_bytes())
     assert audio.content == expected
+
+
+AI_BRIEF = WARM.replace("brief_timeout_secs: 10}", "brief_timeout_secs: 10, brief: ai}")
+
+
+async def person_leg(warm: Warm, steps: list) -> tuple[CallResult, dict[str, str]]:
+    """The person answers; Twilio follows the TwiML the bridge gave their call onto a media stream of its own."""
+    stream_url, parameters = parse_twiml(await warm.twilio.answer(warm.person.sid, "human"))
+    result = await run_call(stream_url, steps, call_sid=warm.person.sid, account_sid=ACCOUNT,
+                            custom_parameters=parameters)
+    print(result.timeline())
+    return result, parameters
+
+
+async def test_the_ai_briefs_the_person_on_their_own_stream_and_they_say_yes(tmp_path: Path) -> None:
+    async with warm_call(tmp_path, destination=AI_BRIEF) as warm:
+        warm.fake.tool_call, warm.fake.tool_call_response = {"name": "accept_call"}, 1  # their yes: the model accepts
+        person, parameters = await person_leg(warm, [WaitHeard(timeout=10), WaitQuiet(idle=0.6),
+                                                     Say(speech("hello-world")), WaitQuiet(idle=3.0)])
+        warm.server.wait_idle(finished=2)
+        record, briefed = warm.record(), warm.server.db(CallStore.get_call, warm.person.sid)
+        session = warm.fake.sessions[1]
+    assert (parameters["transferRole"], parameters["transferCall"], parameters["callSid"]) == (
+        "brief", warm.call_sid, warm.person.sid)
+    assert "streamToken" in parameters
+    assert SUMMARY in session.config["instructions"]
+    assert {t["name"] for t in session.config["tools"]} == {"accept_call", "decline_call"}
+    opening = [e for e in session.events if e["type"] == "conversation.item.create"]
+    assert "I have a caller on hold for billing" in str(opening) and SUMMARY in str(opening)
+    assert person.events_of("audio_start")[0].t < person.utterances[0][0], "they heard the brief first"
+    join = {"call": warm.person.sid, "Twiml": (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Conference beep="false" endConferenceOnExit="true" '
+        f'startConferenceOnEnter="true">{warm.call_sid}</Conference></Dial></Response>')}
+    assert join in warm.twilio.updates, "their call was moved into the caller's conference"
+    assert person.events_of("closed")[-1].detail.endswith("by server")
+    assert (record.transfer_status, briefed.outcome) == ("joined", "transferred")
+    assert [u["call"] for u in redirects(warm.twilio)] == [warm.call_sid, warm.person.sid], \
+        "the caller stayed on hold until the person joined them"
+
+
+async def test_the_person_presses_2_and_the_caller_is_back_with_the_ai(tmp_path: Path) -> None:
+    from agent_voice_bridge.transports.simulated_caller import Dtmf
+
+    async with warm_call(tmp_path, destination=AI_BRIEF) as warm:
+        warm.fake.tool_call = None
+        person, _ = await person_leg(warm, [WaitHeard(timeout=10), WaitQuiet(idle=0.6), Dtmf("2"),
+                                            WaitQuiet(idle=2.0)])
+        warm.server.wait_idle(finished=2)
+        record, briefed = warm.record(), warm.server.db(CallStore.get_call, warm.person.sid)
+    bye = {"call": warm.person.sid, "Twiml": DECLINED_BYE}
+    assert bye in warm.twilio.updates
+    _, parameters = parse_twiml(warm.back_twiml())
+    assert (parameters["transferStatus"], parameters["callSid"]) == ("declined", warm.call_sid)
+    assert (record.transfer_status, briefed.outcome) == ("back", "declined")
+    assert person.events_of("closed")[-1].detail.endswith("by server")
+
+
+async def test_a_person_who_never_decides_counts_as_a_no(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_voice_bridge.calls import session
+
+    monkeypatch.setattr(session, "BRIEF_SPEAKING_SECS", 0.0)
+    async with warm_call(tmp_path, destination=AI_BRIEF.replace("brief_timeout_secs: 10", "brief_timeout_secs: 3")) \
+            as warm:
+        warm.fake.tool_call = None
+        person, _ = await person_leg(warm, [WaitHeard(timeout=10), WaitQuiet(idle=6.0)])
+        record = warm.record()
+    _, parameters = parse_twiml(warm.back_twiml())
+    assert parameters["transferStatus"] == "declined" and record.transfer_status == "back"
+    closed = person.events_of("closed")[-1]
+    assert closed.detail.endswith("by server") and 2.5 <= closed.t <= 6.0, closed

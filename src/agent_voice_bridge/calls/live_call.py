@@ -17,6 +17,7 @@ from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.calls.transfer import dial_twiml, done_url
+from agent_voice_bridge.calls.warm_states import WarmState
 from agent_voice_bridge.calls.warm_transfer import WarmTransfers
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
@@ -54,6 +55,7 @@ class LiveCall:
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
+    _decided: bool = False
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
@@ -126,6 +128,20 @@ class LiveCall:
         if self.info.journal is not None:
             self.info.journal.update(transfer_destination=request.destination, transfer_to=request.number)
         await self.end(None, f"transferred to {request.destination}", "transferred")
+
+    async def answer_transfer(self, accepted: bool) -> None:
+        """The person being briefed (a warm transfer's ``brief: ai``) decided: see WarmTransfers.decide."""
+        if self.ending or self._decided or self.transfers is None:
+            return
+        self._decided = True
+        logger.info(f"call {self.info.call_sid}: the person {'takes' if accepted else 'declines'} the transferred call")
+        after = await self.transfers.decide(self.info, accepted, self.webhook_base)
+        await self.end(None, "the person " + ("took the call" if accepted else "declined"),
+                       "transferred" if after == WarmState.JOINED else "declined")
+
+    def brief_deadline(self, seconds: float) -> None:
+        """The person has this long to decide (after the AI's brief); then it counts as a no."""
+        asyncio.get_running_loop().call_later(seconds, lambda: asyncio.ensure_future(self.answer_transfer(False)))
 
     async def _line_begins(self, timeout: float) -> None:
         loop, playback = asyncio.get_running_loop(), self.info.playback

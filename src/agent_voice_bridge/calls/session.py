@@ -33,12 +33,15 @@ from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.services.transfer import AFTER_TRANSFER, TRANSFER_STATUS, TRANSFERRED_TO
+from agent_voice_bridge.services.transfer_brief import BRIEF, TRANSFER_ROLE
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
 
 START_TIMEOUT_SECS = 10.0
+BRIEF_SPEAKING_SECS = 15.0
+"""What a warm transfer's brief may take to say, before the person's ``brief_timeout_secs`` to decide begin."""
 CLOSE_INTERNAL_ERROR = 1011
 
 
@@ -79,10 +82,13 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
                     account_sid=start.account_sid, caller=params.get("caller", ""),
                     callee=params.get("callee", ""), parameters=params, stream=stream, line=line.name)
     back = params.get(AFTER_TRANSFER)  # the same call, back from a transfer nobody took
-    if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello" and not back:
+    briefed = params.get(TRANSFER_ROLE) == BRIEF  # the person of a warm transfer: the AI briefs them at once
+    if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello" and not (back or briefed):
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     chain = voicemail_chain() if back == "voicemail" else line.chain
     live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config), transfers=calls.transfers)
+    if briefed:
+        live.brief_deadline(BRIEF_SPEAKING_SECS + float(params.get("briefSecs") or 15))
     if back == "voicemail":  # a message for the person nobody reached: the call's outcome, however it ends
         live.outcome = live.fell_back = "voicemail"
         live.reason = f"transfer to {params.get(TRANSFERRED_TO, '?')}: {params.get(TRANSFER_STATUS, '?')}"

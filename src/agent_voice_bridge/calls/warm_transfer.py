@@ -22,6 +22,7 @@ from agent_voice_bridge.calls import transfer as twiml
 from agent_voice_bridge.calls.warm_states import WarmEvent, WarmState, hold_limit_secs, next_state
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.config import TwilioConfig
+from agent_voice_bridge.services.transfer_brief import BRIEF, TRANSFER_ROLE
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_control import TransferRequest
@@ -29,6 +30,9 @@ from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_rest import end_call, place_call, redirect_call, twilio_said
 from agent_voice_bridge.transports.twiml import connect_twiml, stream_url
 
+BRIEF_CALL, BRIEF_CALLER, BRIEF_CALLEE = "transferCall", "transferCaller", "transferCallee"
+BRIEF_THEN, BRIEF_DIRECTION = "transferThen", "transferDirection"
+"""Stream <Parameter>s of the person's leg (``brief: ai``): the caller's call, numbers, what follows a no, direction."""
 BACK_STATUS = {WarmEvent.MACHINE_ANSWERED: "machine", WarmEvent.DECLINED: "declined",
                WarmEvent.PERSON_LEFT: "left", WarmEvent.TIMED_OUT: "no-answer"}
 """How the caller's news is worded (``services.transfer``) for each way a warm transfer fails."""
@@ -84,6 +88,8 @@ class WarmTransfers:
         caller_sid = info.call_sid
         person_facts = {**facts, "call": caller_sid, "caller": info.caller, "callee": info.callee,
                         "summary": request.summary, "brief_secs": str(request.brief_secs)}
+        if request.brief == "ai":
+            person_facts["brief"] = "ai"
         twilio = self._twilio.model_copy(update={"phone_number": request.caller_id or info.line_number
                                                  or self._twilio.phone_number})
         person = await asyncio.to_thread(
@@ -133,6 +139,34 @@ class WarmTransfers:
             await asyncio.to_thread(action, self._twilio, call_sid, argument)
         except Exception as exc:  # logged; the watchdog or Twilio's own timeouts still end the wait
             logger.error(f"call {shown(call_sid)}: {what} failed: {twilio_said(exc)}")
+
+    def brief_parameters(self, person_sid: str, person_from: str, person_to: str, facts: dict[str, str]) -> dict[str, str]:
+        """The stream <Parameter>s of the person's call when the AI briefs them (``brief: ai``)."""
+        parameters = {"caller": person_from, "callee": person_to, "callSid": person_sid, "direction": "outbound",
+                      TRANSFER_ROLE: BRIEF, "transferTo": facts.get("to", ""), "summary": facts.get("summary", ""),
+                      "briefSecs": facts.get("brief_secs", "15"), BRIEF_CALL: facts.get("call", ""),
+                      BRIEF_CALLER: facts.get("caller", ""), BRIEF_CALLEE: facts.get("callee", ""),
+                      BRIEF_THEN: facts.get("then", "back"), BRIEF_DIRECTION: facts.get("direction", "inbound")}
+        return {**parameters, **self._gate.stream_parameters(person_sid, person_from, person_to, facts.get("line", ""))}
+
+    async def decide(self, person: CallInfo, accepted: bool, base: str) -> WarmState | None:
+        """The briefed person (``brief: ai``) took the call or not: join them to the caller's conference, or end
+        their call and bring the caller back. Returns the state the transfer moved to (None: nobody waits)."""
+        params = person.parameters
+        caller_sid = params.get(BRIEF_CALL, "")
+        _, after = await self.move(caller_sid, WarmEvent.ACCEPTED if accepted else WarmEvent.DECLINED)
+        if after == WarmState.JOINED:
+            await self._rest(redirect_call, person.call_sid, twiml.join_twiml(caller_sid), "joining the person")
+            return after
+        bye = "Thank you. Goodbye." if after == WarmState.BACK else "Sorry, the caller is no longer waiting. Goodbye."
+        await self._rest(redirect_call, person.call_sid, twiml.goodbye_twiml(bye), "ending the person's call")
+        if after == WarmState.BACK:
+            facts = {"to": params.get("transferTo", ""), "then": params.get(BRIEF_THEN, "back"), "line": person.line}
+            if params.get(BRIEF_DIRECTION) == "outbound":
+                facts["direction"] = "outbound"
+            await self.bring_back(caller_sid, params.get(BRIEF_CALLER, ""), params.get(BRIEF_CALLEE, ""), facts,
+                                  BACK_STATUS[WarmEvent.DECLINED], base)
+        return after
 
     async def close(self) -> None:
         for watchdog in list(self._watchdogs):

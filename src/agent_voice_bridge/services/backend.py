@@ -16,6 +16,13 @@ from agent_voice_bridge.services import caller_verification
 from agent_voice_bridge.services.caller_verification import CallerVerification, Verify
 from agent_voice_bridge.services.templates import render
 from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
+from agent_voice_bridge.services.transfer_brief import (
+    brief_instructions,
+    brief_opening,
+    brief_schemas,
+    briefing,
+    register_brief_tools,
+)
 from agent_voice_bridge.services.transfer import (
     TRANSFER,
     TransferDestination,
@@ -91,6 +98,8 @@ class AgentParams(StageParams):
         return [import_tool(path) for path in self.tools if path != TRANSFER]
 
     def tools_schema(self, call: CallInfo | None = None) -> ToolsSchema | None:
+        if briefing(call):  # the person's leg of a warm transfer: only their decision
+            return ToolsSchema(standard_tools=brief_schemas())
         schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
         if self.transfer:
             schemas.append(transfer_schema(self.transfer))
@@ -124,11 +133,13 @@ def rendered(template: str | None, ctx: StageContext) -> str | None:
 
 def opening_line(params: AgentParams, ctx: StageContext) -> str | None:
     """What the AI says first: the news when the caller is back from a transfer nobody took, else the greeting."""
-    return back_from_transfer(ctx.call) or rendered(params.greeting, ctx)
+    return back_from_transfer(ctx.call) or brief_opening(ctx.call) or rendered(params.greeting, ctx)
 
 
 def instructions_for(params: AgentParams, ctx: StageContext) -> str:
     """The rendered instructions, plus what this caller said in earlier calls when ``memory`` is on."""
+    if ctx.call is not None and briefing(ctx.call):
+        return brief_instructions(ctx.call)
     text = render(params.instructions, facts_of(ctx))
     if params.memory is not None and ctx.call is not None and ctx.call.memory:
         text = f"{text}\n\n{caller_verification.INSTRUCTION if params.memory.verify == 'sms' else ctx.call.memory}"
@@ -178,6 +189,9 @@ class BackendWatch:
 
 def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
     """Give the service a handler for each declared tool, ``transfer`` and ``end_call``."""
+    if call is not None and briefing(call):
+        register_brief_tools(service, call)
+        return
     for tool in params.tool_set():
         service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)
     if params.transfer:

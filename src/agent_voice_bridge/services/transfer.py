@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.services.llm_service import FunctionCallParams
@@ -78,6 +79,9 @@ class TransferDestination(BaseModel):
                        "briefed with the AI's summary, and asked to accept (press 1 or say yes).")
     brief_timeout_secs: int = Field(default=15, ge=3, le=120, description="Warm: how long the person has to accept "
                                     "once briefed.")
+    brief: Literal["say", "ai"] = Field(default="say", description="Warm: 'say': Twilio reads the person the AI's "
+                                        "summary and hears 1 / yes; 'ai': the AI briefs them on a media stream of "
+                                        "their call and hears yes or no (or 1 / 2).")
     hold_audio: str | None = Field(default=None, description="Warm: a WAV or MP3 the caller hears on hold, looped "
                                    "(unset: the built-in hold music).")
 
@@ -146,7 +150,8 @@ def transfer_handler(destinations: dict[str, TransferDestination], call: CallInf
         request = TransferRequest(destination=name, number=destination.number, reason=reason, say=destination.say,
                                   caller_id=destination.caller_id, timeout_secs=destination.timeout_secs,
                                   on_no_answer=destination.on_no_answer, warm=destination.warm,
-                                  summary=summary[:MAX_SUMMARY_CHARS], brief_secs=destination.brief_timeout_secs)
+                                  summary=summary[:MAX_SUMMARY_CHARS], brief_secs=destination.brief_timeout_secs,
+                                  brief=destination.brief)
         await control.transfer(request)
 
     return transfer

@@ -38,6 +38,8 @@ class TransferRequest:
     """Warm: the AI's brief for the person (who is calling, about what)."""
     brief_secs: int = 15
     """Warm: how long the person has, once briefed, to accept (press 1 or say yes)."""
+    brief: Literal["say", "ai"] = "say"
+    """Warm: who briefs the person: Twilio reads the summary (``say``), or the AI talks to them on a stream (``ai``)."""
 
 
 class CallControl(Protocol):
@@ -67,3 +69,7 @@ class CallControl(Protocol):
         """Once what the caller is hearing has played, redirect the call (Twilio REST) to dial the person;
         this call's pipeline then ends with outcome ``transferred``. Returns at once; if Twilio refuses the
         redirect the call goes on with the AI (logged)."""
+
+    async def answer_transfer(self, accepted: bool) -> None:
+        """On the person's leg of a warm transfer: they take the call (joined to the caller) or not (the caller
+        goes back to the AI); either way this leg then ends."""

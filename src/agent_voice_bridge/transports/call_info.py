@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,8 @@ class CallInfo:
     """While the call moves to a fallback chain: what the old ``twilio.input`` read but did not pass on."""
     hello_timeout_secs: float | None = None
     """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
+    on_key: Callable[[str], Awaitable[None]] | None = None
+    """Called with each key the caller presses, when a stage wants them at once (a warm transfer's 1 / 2)."""
     caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)
     """Set the first time the caller is heard speaking (a VAD onset, the model's, or a transcription)."""
 

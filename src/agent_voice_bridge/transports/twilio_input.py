@@ -114,4 +114,6 @@ class TwilioInput(Stage, FrameProcessor):
         except ValueError:
             logger.warning(f"call {shown(self._call.call_sid)}: ignoring unknown DTMF digit {shown(repr(digit), 20)}")
             return
+        if self._call.on_key is not None:
+            await self._call.on_key(digit)
         await self.push_frame(InputDTMFFrame(button=entry))

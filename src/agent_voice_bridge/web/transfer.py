@@ -124,6 +124,10 @@ def transfer_router(gate: CallGate, webhooks: SignedWebhooks, storage: CallStore
         machine = answered_by.startswith("machine") or answered_by == "fax"
         event = WarmEvent.MACHINE_ANSWERED if machine else WarmEvent.HUMAN_ANSWERED
         _, after = await transfers.move(call_sid, event)
+        if after == WarmState.BRIEFING and request.query_params.get("brief") == "ai":  # the AI briefs them
+            parameters = transfers.brief_parameters(form["CallSid"], form.get("From", ""), form.get("To", ""),
+                                                    dict(request.query_params))
+            return xml(connect_twiml(webhooks.stream_url(request), parameters))
         if after == WarmState.BRIEFING:
             action = twiml.url(webhooks.base_url(request), twiml.PERSON_ANSWER_PATH, dict(request.query_params))
             brief_secs = int(request.query_params.get("brief_secs", "15") or 15)
