@@ -220,17 +220,19 @@ async def test_when_twilio_refuses_the_redirect_the_caller_stays_with_the_ai(tmp
     assert (record.outcome, record.transfer_destination) == ("caller_hung_up", None)
 
 
-@pytest.mark.parametrize("warm, answer", [(False, "no-answer"), (False, "take"), (True, "decline"), (True, "take")],
-                         ids=["cold-no-answer", "cold-taken", "warm-declined", "warm-joined"])
+@pytest.mark.parametrize("warm, answer", [(False, "no-answer"), (False, "take"), (True, "decline"), (True, "take"),
+                                          ("ai", "take")],
+                         ids=["cold-no-answer", "cold-taken", "warm-declined", "warm-joined", "warm-ai-brief-joined"])
 async def test_voice_bridge_call_follows_a_transfer_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               capsys, warm: bool, answer: str) -> None:
+                                                               capsys, warm: bool | str, answer: str) -> None:
     from conftest import run_cli
 
     rest_port = free_port()  # the CLI plays Twilio's REST API there
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
     port = free_port()
-    destination = DESTINATIONS.replace("description: new orders}", "description: new orders, warm: true}")
+    destination = DESTINATIONS.replace("description: new orders}", "description: new orders, warm: true"
+                                       + (", brief: ai}" if warm == "ai" else "}"))
     async with FakeOpenAIRealtime(tool_call={"name": "transfer", "arguments": {"to": "sales"}},
                                   tool_call_sessions=1) as fake:
         yaml_text = openai_chain(fake).replace("      voice: cedar\n",
@@ -243,8 +245,8 @@ async def test_voice_bridge_call_follows_a_transfer_to_its_end(tmp_path: Path, m
                                  "--twilio-api", str(rest_port), "--transfer-answer", answer,
                                  "--out", str(tmp_path / "heard.wav"))
             out = capsys.readouterr().out
-            server.wait_idle(finished=2 if answer != "take" else 1)
-            record = server.db(CallStore.get_call, server.db(CallStore.recent_calls, 1)[0].call_sid)
+            server.wait_idle(finished=2 if answer != "take" or warm == "ai" else 1)
+            record = next(r for r in server.db(CallStore.recent_calls, 5) if r.direction == "inbound")
         sessions = fake.sessions
     print(out)
     assert code == 0
@@ -252,13 +254,14 @@ async def test_voice_bridge_call_follows_a_transfer_to_its_end(tmp_path: Path, m
     if warm:
         assert transfers[0] == "transfer: on hold for a warm transfer"
         assert "the bridge rings +15550199000" in transfers[1]
-        assert "Press 1 or say yes" in transfers[2]
+        assert ("the AI briefed the person on their own stream; they pressed 1" if warm == "ai"
+                else "Press 1 or say yes") in transfers[2]
     else:
         assert transfers[0] == "transfer: transferred to +15550199000 (rings 30 s)"
     if answer == "take":
-        assert len(sessions) == 1 and record.outcome == "transferred"
-        assert transfers[-1] in ("transfer: the call ended", "transfer: the person pressed 1 and joined the caller "
-                                 f"in conference {record.call_sid}; the caller hangs up")
+        assert len(sessions) == (2 if warm == "ai" else 1), "the AI briefed the person in a session of its own"
+        assert transfers[-1] in ("transfer: the call ended", "transfer: the person joined the caller in conference "
+                                 f"{record.call_sid}; the caller hangs up")
     else:
         news = "no-answer" if not warm else "declined"
         assert transfers[-1] == f"transfer: back on the line with the bridge (the transfer: {news})"

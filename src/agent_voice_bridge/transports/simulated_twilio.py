@@ -25,7 +25,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from twilio.request_validator import RequestValidator
 
-from agent_voice_bridge.transports.simulated_caller import CallResult, Step, parse_twiml, run_call
+from agent_voice_bridge.transports.simulated_caller import (
+    CallResult,
+    Dtmf,
+    Step,
+    WaitQuiet,
+    WaitReply,
+    parse_twiml,
+    run_call,
+)
 
 API = "/2010-04-01/Accounts/{account}"
 PersonAnswer = Literal["take", "no-answer", "busy", "decline", "machine"]
@@ -200,18 +208,25 @@ async def _warm(twilio: SimulatedTwilio, dial: ET.Element, conference: ET.Elemen
     else:
         answered_by = "machine_start" if answer == "machine" else "human"
         brief = await twilio.post(person["Url"], {**form, "CallStatus": "in-progress", "AnsweredBy": answered_by})
+        digits = "1" if answer == TAKES else "2"
         gather = ET.fromstring(brief).find("Gather")
-        if gather is None:
-            legs.append(Leg(f"answered by {answered_by}: the bridge hung up on it"))
-        else:
+        if ET.fromstring(brief).find("Connect/Stream") is not None:  # brief: ai, on the person's own stream
+            stream_url, parameters = parse_twiml(brief)
+            result = await run_call(stream_url, [WaitReply(timeout=15, idle=1.0, what="the brief"), Dtmf(digits),
+                                                 WaitQuiet(idle=1.0)], call_sid=person["sid"],
+                                    custom_parameters=parameters)
+            legs.append(Leg(f"the AI briefed the person on their own stream; they pressed {digits}", result))
+            joined = await twilio.next_redirect(person["sid"], 0, timeout=WAIT_SECS) or ""
+        elif gather is not None:
             legs.append(Leg(f"the person hears: {' '.join(gather.itertext()).strip()!r}"))
-            digits = "1" if answer == TAKES else "2"
             joined = await twilio.post(gather.get("action", ""), {**form, "CallStatus": "in-progress", "Digits": digits})
-            if ET.fromstring(joined).find("Dial/Conference") is not None:
-                legs.append(Leg(f"the person pressed 1 and joined the caller in conference {conference.text}; "
-                                "the caller hangs up"))
-                await twilio.post(dial.get("action", ""), {**base, "CallStatus": "completed",
-                                                           "DialCallStatus": "completed"})
-                return False
-            legs.append(Leg(f"the person pressed {digits}: declined"))
+            legs.append(Leg(f"the person pressed {digits}"))
+        else:
+            legs.append(Leg(f"answered by {answered_by}: the bridge hung up on it"))
+            return True
+        if joined and ET.fromstring(joined).find("Dial/Conference") is not None:
+            legs.append(Leg(f"the person joined the caller in conference {conference.text}; the caller hangs up"))
+            await twilio.post(dial.get("action", ""), {**base, "CallStatus": "completed", "DialCallStatus": "completed"})
+            return False
+        legs.append(Leg("the person declined"))
     return True
