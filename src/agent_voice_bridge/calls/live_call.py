@@ -13,12 +13,12 @@ from loguru import logger
 from pipecat.pipeline.worker import PipelineWorker
 
 from agent_voice_bridge.assets import spoken
-from agent_voice_bridge.log_values import shown
-from agent_voice_bridge.pipelines.chain import Chain
-from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.calls.transfer import dial_twiml, done_url
 from agent_voice_bridge.calls.warm_states import WarmState
 from agent_voice_bridge.calls.warm_transfer import WarmTransfers
+from agent_voice_bridge.log_values import shown
+from agent_voice_bridge.pipelines.chain import Chain
+from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_rest import complete_call, redirect_call, send_text, twilio_said
@@ -56,6 +56,7 @@ class LiveCall:
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
     _decided: bool = False
+    _brief_timer: asyncio.TimerHandle | None = None
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
@@ -141,7 +142,8 @@ class LiveCall:
 
     def brief_deadline(self, seconds: float) -> None:
         """The person has this long to decide (after the AI's brief); then it counts as a no."""
-        asyncio.get_running_loop().call_later(seconds, lambda: asyncio.ensure_future(self.answer_transfer(False)))
+        self._brief_timer = asyncio.get_running_loop().call_later(
+            seconds, lambda: asyncio.ensure_future(self.answer_transfer(False)))
 
     async def _line_begins(self, timeout: float) -> None:
         loop, playback = asyncio.get_running_loop(), self.info.playback

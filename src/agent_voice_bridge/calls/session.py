@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from urllib.parse import urlsplit
 
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame
@@ -27,8 +26,8 @@ from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain, build_chain
-from agent_voice_bridge.pipelines.fallback import load_fallback
 from agent_voice_bridge.pipelines.config import BridgeConfig
+from agent_voice_bridge.pipelines.fallback import load_fallback
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
 from agent_voice_bridge.security.signatures import public_url
@@ -124,7 +123,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
-        for pending in (live._hang_up_task, live._transfer_task):  # the caller hung up first
+        for pending in (live._hang_up_task, live._transfer_task, live._brief_timer):  # the caller hung up first
             if pending is not None:
                 pending.cancel()
         metrics.LIVE_CALLS.labels(info.line).dec()
@@ -141,8 +140,7 @@ def webhook_base(websocket: WebSocket, config: BridgeConfig) -> str:
     """``https://host`` as Twilio reaches this server (``server.public_url``, else the stream's own host)."""
     url = public_url(websocket.url, websocket.headers, public_base=config.server.public_url,
                      trust_proxy=config.server.trust_proxy)
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    return url.split("?")[0].removesuffix(websocket.url.path)
 
 
 @functools.cache
