@@ -25,6 +25,7 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
+from agent_voice_bridge.processors.frames import KeypadEntryFrame
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
     CLOSE_TIMEOUT_SECS,
@@ -162,6 +163,11 @@ class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, Every
         live.connect = connect_or_claim
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, KeypadEntryFrame):
+            # The caller's keys as a complete user turn (one clientContent, turnComplete): the model answers.
+            await self._create_single_response(frame.messages)
+            await self.push_frame(frame, direction)
+            return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             messages = [{"role": "user", "content": greeting_prompt(self._greeting)}] if self._greeting else []
