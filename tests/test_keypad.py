@@ -8,13 +8,15 @@ caller. Custom stages after ``keypad`` still see every key as pipecat's ``InputD
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import load_text
 from agent_voice_bridge.transports.simulated_caller import Dtmf, Pause, Say, Until, WaitHeard, WaitQuiet, run_call
-from conftest import LiveServer, speech
+from conftest import LiveServer, run_cli, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
 from fakes.openai_realtime import FakeOpenAIRealtime
 from stages import keys as seen_keys
@@ -188,3 +190,46 @@ async def test_speech_and_keys_on_one_gemini_call() -> None:
         session = fake.sessions[-1]
         assert user_texts(session) == [said("0#")]
         assert session.audio_ms() >= 1500
+
+
+def dtmf_lines(out: str) -> list[tuple[float, str]]:
+    """The key presses in ``voice-bridge call``'s printed timeline: (seconds, key)."""
+    return [(float(m.group(1)), m.group(2)) for m in re.finditer(r"^\s+(\d+\.\d+) s  dtmf\s+(\S)$", out, re.M)]
+
+
+async def test_voice_bridge_call_presses_keys_at_the_times_given_and_hears_the_answer(capsys) -> None:
+    async with FakeOpenAIRealtime(reply_seconds=1.0) as fake:
+        chain = f"""pipeline:
+  - twilio.input
+  - keypad
+  - openai.realtime: {{api_key: test-key, base_url: '{fake.url}', audio_format: pcmu, greeting: 'Good morning.'}}
+  - twilio.output
+"""
+        with LiveServer(chain) as server:
+            capsys.readouterr()
+            code = await run_cli("call", server.ws_url, "--digits", "12#@1.5", "--digits", "9#@4")
+            out = capsys.readouterr().out
+            server.wait_idle(finished=1)
+        session = fake.sessions[0]
+    print(out)
+    assert code == 0
+    pressed = dtmf_lines(out)
+    assert [key for _, key in pressed] == list("12#9#")
+    assert [t for t, _ in pressed] == pytest.approx([1.5, 1.6, 1.7, 4.0, 4.1], abs=1e-6), \
+        "on the caller clock, over the greeting or not"
+    users = [e["item"]["content"][0]["text"] for e in session.events
+             if e["type"] == "conversation.item.create" and e["item"].get("role") == "user"]
+    assert users[1:] == [said("12#"), said("9#")], "after the greeting request"
+    assert "gave up" not in out
+    starts = [float(m.group(1)) for m in re.finditer(r"^\s+(\d+\.\d+) s  audio_start", out, re.M)]
+    assert any(t >= 4.1 for t in starts), "the caller stayed on to hear the answer to the last keys"
+
+
+@pytest.mark.parametrize("bad", ["1234", "12x@3", "12@soon", "@3", "12@-1"])
+def test_voice_bridge_call_refuses_a_malformed_digits_option(bad: str, capsys) -> None:
+    from agent_voice_bridge.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["call", "ws://127.0.0.1:9/media-stream", "--digits", bad])
+    assert exit_.value.code == 2
+    assert "KEYS@SECONDS" in capsys.readouterr().err

@@ -58,10 +58,12 @@ __all__ = [
     "CallResult",
     "CallSetupError",
     "Dtmf",
+    "KeysAt",
     "Pause",
     "Say",
     "Step",
     "WaitHeard",
+    "WaitKeys",
     "WaitQuiet",
     "WaitReply",
     "load_wav",
@@ -158,6 +160,25 @@ class Dtmf:
 
 
 @dataclass
+class KeysAt:
+    """Press ``digits`` from ``at`` s on the caller clock, ``gap`` s apart, whatever step the script is in.
+
+    Not a step: given to :func:`run_call` beside the script (``voice-bridge call --digits 1234@3.5``), as a
+    person presses keys when they choose, over the greeting or mid-sentence. The call lasts at least until
+    the last key is pressed. A key press counts as the caller's input for the next wait for a reply.
+    """
+
+    digits: str
+    at: float
+    gap: float = 0.1
+
+
+@dataclass
+class WaitKeys:
+    """Send silence until every :class:`KeysAt` key has been pressed (then, say, ``WaitReply`` for the answer)."""
+
+
+@dataclass
 class Until:
     """Send silence until ``check()`` (sync or async) is true: a look at the server while the call is live.
 
@@ -170,7 +191,7 @@ class Until:
     every: float = 0.1
 
 
-Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until
+Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until | WaitKeys
 
 
 # --------------------------------------------------------------------------- results
@@ -404,6 +425,11 @@ class _Call:
         self._stale_until: float | None = None  # loop time; reset by the caller's next speech_end
         self._last_media_t = -math.inf
         self._last_played_t = -math.inf  # end of the last frame that held server audio
+        self._keys_due: list[tuple[float, str]] = []  # (caller-clock time, key) still to press, by time
+
+    def press_at(self, keys: list[KeysAt]) -> None:
+        due = [(k.at + i * k.gap, digit) for k in keys for i, digit in enumerate(k.digits)]
+        self._keys_due = sorted(self._keys_due + due, key=lambda d: d[0])
 
     # ---- clock and bookkeeping
 
@@ -468,6 +494,9 @@ class _Call:
         delay = self._t0 + self._frames * FRAME_SECONDS - self._loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        while self._keys_due and self._keys_due[0][0] <= self.now() + 1e-9:
+            if not await self._press(self._keys_due.pop(0)[1]):
+                return False
         k = self._frames
         wire = mulaw.encode_array(pcm)
         media = {
@@ -526,8 +555,11 @@ class _Call:
                 await self._dtmf(step)
             elif isinstance(step, Until):
                 await self._until(step)
+            elif isinstance(step, WaitKeys):
+                await self._wait_keys()
             else:
                 raise TypeError(f"not a call step: {step!r}")
+        await self._wait_keys()
         await self._silence(tail)
 
     async def _say(self, step: Say) -> None:
@@ -615,11 +647,19 @@ class _Call:
 
     async def _dtmf(self, step: Dtmf) -> None:
         for digit in step.digits:
-            if not await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}}):
+            if not await self._press(digit) or not await self._silence(step.gap):
                 return
-            self._event("dtmf", digit)
-            if not await self._silence(step.gap):
-                return
+
+    async def _wait_keys(self) -> None:
+        while self._keys_due and await self._tick(_SILENT_FRAME):
+            pass
+
+    async def _press(self, digit: str) -> bool:
+        if not await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}}):
+            return False
+        self._event("dtmf", digit)
+        self._last_onset = self.now()  # what the line says next answers the key, as it would an utterance
+        return True
 
     # ---- receiving
 
@@ -749,6 +789,7 @@ async def run_call(
     account_sid: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     linger: float = 0.0,
+    keys: list[KeysAt] | None = None,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -766,6 +807,7 @@ async def run_call(
     ``linger`` (measuring echo lines): before hanging up, send nothing more and keep
     listening until as much audio has come back as was sent, or ``linger`` seconds pass;
     without it the reply to the last frame or two is still on the wire at hang-up.
+    ``keys``: key presses at set times on the caller clock, beside the script (see :class:`KeysAt`).
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -787,6 +829,7 @@ async def run_call(
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(stream_url, {})
     ws = await _open_stream(stream_url, headers, connect_timeout, ssl_context)
     call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params)
+    call.press_at(keys or [])
     receiver: asyncio.Task[None] | None = None
     try:
         await call._start()
