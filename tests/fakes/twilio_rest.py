@@ -12,13 +12,24 @@ signed status callback (``CallStatus`` ``initiated``/``ringing``/``in-progress``
 ``completed``/``busy``/``no-answer``/``failed``), :meth:`FakeTwilioRest.answer` posts the
 signed answer webhook to the call's ``Url`` (with ``AnsweredBy`` when machine detection
 was asked for) and returns the TwiML, which the test then plays with the simulated caller.
+
+A live call's TwiML can be replaced (``calls(sid).update(twiml=…)``): the update answers at
+once with the call resource, then, as Twilio does, the call's current ``<Connect><Stream>``
+ends (its stream gets ``stop`` and closes) and the new TwiML runs on the same call
+(``<Play digits>`` to the far end, then a new stream to its ``<Connect><Stream url>``). The
+simulated caller does that part: ``run_call(..., redirects=twilio.redirects)`` lets this
+server reach the call by its SID. TwiML that is not XML with a ``<Response>`` root is
+refused like Twilio refuses it (400, error 12100), and nothing happens to the call.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -50,6 +61,10 @@ class FakeTwilioRest:
         self.calls: list[PlacedCall] = []
         self.updates: list[dict[str, str]] = []
         self.messages: list[dict[str, str]] = []
+        self.redirects: dict[str, Callable[[str], object]] = {}
+        """Live simulated calls by SID (``run_call(redirects=…)``): where an update's new TwiML is played."""
+        self.updated_at: list[float] = []
+        """``time.monotonic()`` when each update arrived (to measure what a redirect costs)."""
         self.outage: tuple[int, str, str] | None = None
         """(status, content type, body): set it and every API request gets that answer (an outage, a proxy's page)."""
         self._validator = RequestValidator(auth_token)
@@ -100,7 +115,18 @@ class FakeTwilioRest:
             if not self._authorised(request, account):
                 return _error(401, 20003, "Authenticate")
             form = {k: str(v) for k, v in (await request.form()).items()}
+            twiml = form.get("Twiml")
+            if twiml is not None:
+                try:
+                    if ET.fromstring(twiml).tag != "Response":
+                        raise ET.ParseError("root is not <Response>")
+                except ET.ParseError:
+                    return _error(400, 12100, "Document parse failure")
             self.updates.append({"call": call_sid, **form})
+            self.updated_at.append(time.monotonic())
+            redirect = self.redirects.get(call_sid)
+            if twiml is not None and redirect is not None:
+                redirect(twiml)  # runs on the call's own loop, after this answer: Twilio's update returns at once
             return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
 
         @app.post(API + "/Messages.json")

@@ -16,5 +16,11 @@ class CallRegistry:
     finished: int = 0
     refused: int = 0
 
+    def moving_to_new_stream(self, call_sid: str) -> LiveCall | None:
+        """The live call with this SID that waits for Twilio's next stream (it is pressing keys), if any."""
+        return next((call for call in self.live.values()
+                     if call.info.call_sid == call_sid and call.info.next_stream is not None
+                     and not call.info.next_stream.done()), None)
+
     async def end_all(self, goodbye: str, reason: str) -> None:
         await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))

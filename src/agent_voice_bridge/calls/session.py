@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.calls.handover import move_to_fallback, take_over
-from agent_voice_bridge.calls.live_call import LiveCall
+from agent_voice_bridge.calls.live_call import LiveCall, StreamHome
 from agent_voice_bridge.calls.records import close_records, open_records
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
@@ -28,6 +28,8 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
+from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.security.stream_tokens import PARAMETER as TOKEN_PARAMETER
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
@@ -63,6 +65,9 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         metrics.REFUSED.labels("stream_token" if "token" in refusal else "busy").inc()
         await stream.close(CLOSE_POLICY, refusal)
         return
+    moving = calls.moving_to_new_stream(start.call_sid)
+    if moving is not None and await moving.continue_on(stream):
+        return  # the call pressed keys (send_digits) and goes on here; its first stream's handler runs it
     if line is None:
         refusal = f"no line {named!r} on this server" if named else "no line takes this number"
         logger.warning(f"media stream {shown(start.stream_sid)} refused: {refusal}")
@@ -76,11 +81,25 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello":
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
     chain = line.chain
-    live = LiveCall(info, chain, config.twilio)
+    live = LiveCall(info, chain, config.twilio, stream_home=stream_home(websocket, config, gate, info))
     info.control = live
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         await open_records(storage, info, chain, line.storage)
         await _live(live, stream, calls, gate, line.policy.max_call_seconds)
+
+
+def stream_home(websocket: WebSocket, config: BridgeConfig, gate: CallGate, info: CallInfo) -> StreamHome:
+    """Where this call's next stream connects: the URL Twilio reached for this one, the same parameters,
+    and a fresh one-time token."""
+    url = public_url(websocket.url, websocket.headers, public_base=config.server.public_url,
+                     trust_proxy=config.server.trust_proxy, websocket=True).split("?")[0]
+
+    def parameters() -> dict[str, str]:
+        kept = {k: v for k, v in info.parameters.items() if k != TOKEN_PARAMETER}
+        return {**kept, **gate.stream_parameters(info.call_sid, kept.get("caller", ""), kept.get("callee", ""),
+                                                 info.line)}
+
+    return StreamHome(url, parameters)
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,
@@ -99,12 +118,12 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         while running is not None:
             await _run_pipeline(running, live)
             running = await take_over(live)  # the AI failed and its stage names a fallback chain
-        if live.goodbye is not None:
-            await stream.say_goodbye(live.goodbye)
+        if live.goodbye is not None and info.stream is not None:
+            await info.stream.say_goodbye(live.goodbye)  # the call's stream now: keys pressed may have moved it
     except Exception as exc:  # one call's failure must not reach the server or other calls
         live.outcome = "error"
         logger.exception(f"call {shown(info.call_sid)}: pipeline failed: {exc}")
-        await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
+        await (info.stream or stream).close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
         if live._hang_up_task is not None:  # the caller hung up first
@@ -113,6 +132,9 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
         await stream.close()
+        if info.stream is not None and info.stream is not stream:
+            await info.stream.close()
+        live.release_stream()
         await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1

@@ -15,7 +15,17 @@ from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services import caller_verification
 from agent_voice_bridge.services.caller_verification import CallerVerification, Verify
 from agent_voice_bridge.services.templates import render
-from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
+from agent_voice_bridge.services.tools import (
+    BUILT_IN_TOOLS,
+    END_CALL,
+    SEND_DIGITS,
+    Tool,
+    ToolError,
+    end_call_schema,
+    handler_for,
+    import_tool,
+    send_digits_schema,
+)
 from agent_voice_bridge.transports.call_info import CallInfo
 
 TurnDetection = Literal["model", "local"]
@@ -39,7 +49,8 @@ class AgentParams(StageParams):
                               "any TwiML <Parameter> are filled in per call.")
     greeting: str | None = Field(default=None, description="When set the AI speaks first, saying this "
                                  "(a template like instructions).")
-    tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call.")
+    tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call, "
+                             "and built-ins by name: send_digits (press keys on the call).")
     end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
     memory: MemoryParams | None = Field(
         default=None, description="Recall the same caller's last calls (from the stored transcripts, see "
@@ -52,6 +63,8 @@ class AgentParams(StageParams):
     @classmethod
     def _importable(cls, paths: list[str]) -> list[str]:
         for path in paths:
+            if path in BUILT_IN_TOOLS:
+                continue
             try:
                 import_tool(path)
             except ToolError as exc:
@@ -63,10 +76,12 @@ class AgentParams(StageParams):
         return self.memory is not None and self.memory.verify == "sms" and call is not None and bool(call.memory)
 
     def tool_set(self) -> list[Tool]:
-        return [import_tool(path) for path in self.tools]
+        return [import_tool(path) for path in self.tools if path not in BUILT_IN_TOOLS]
 
     def tools_schema(self, call: CallInfo | None = None) -> ToolsSchema | None:
         schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
+        if SEND_DIGITS in self.tools:
+            schemas.append(send_digits_schema())
         if self.verifies_memory(call):
             schemas += caller_verification.schemas()
         return ToolsSchema(standard_tools=schemas) if schemas else None
@@ -153,6 +168,8 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
         verification = CallerVerification(call)
         service.register_function(caller_verification.SEND_CODE, verification.send_code)
         service.register_function(caller_verification.RECALL, verification.recall)
+    if SEND_DIGITS in params.tools:
+        service.register_function(SEND_DIGITS, _send_digits_handler(call), cancel_on_interruption=False)
     if params.end_call:
 
         async def end_call(args: FunctionCallParams) -> None:
@@ -162,3 +179,24 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
                 await call.control.hang_up(reason)
 
         service.register_function(END_CALL, end_call)
+
+
+def _send_digits_handler(call: CallInfo | None):
+    """``send_digits``: the keys are pressed through the call's control; the model hears how it went."""
+
+    async def send_digits(args: FunctionCallParams) -> None:
+        digits = str(args.arguments.get("digits") or "")
+        control = call.control if call is not None else None
+        if control is None or not control.can_send_digits:
+            await args.result_callback({"error": "Keys cannot be pressed on this line (no Twilio account)."})
+            return
+        try:
+            gap = await control.send_digits(digits)
+        except (ValueError, RuntimeError, OSError) as exc:
+            logger.warning(f"send_digits failed: {exc}")
+            await args.result_callback({"error": str(exc)})
+            return
+        await args.result_callback({"result": f"Pressed {' '.join(d for d in digits if d != 'w')}. The line was "
+                                    f"away for {gap:.1f} s and is back: listen for what the menu says next."})
+
+    return send_digits

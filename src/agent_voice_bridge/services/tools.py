@@ -1,4 +1,4 @@
-"""Plain typed Python functions as tools for either model, plus the built-in ``end_call``.
+"""Plain typed Python functions as tools for either model, plus the built-ins ``end_call`` and ``send_digits``.
 
 ``tools: [package.module:function, ...]`` in YAML: each function's name, first
 docstring paragraph, typed parameters (and their ``Args:`` descriptions) become
@@ -25,6 +25,9 @@ from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams
 
 END_CALL = "end_call"
+SEND_DIGITS = "send_digits"
+BUILT_IN_TOOLS = {SEND_DIGITS: "press keys on the call (an automated menu on an outbound call)"}
+"""Tools named in ``tools:`` by a bare name rather than an import path; each acts on the call."""
 SLOW_TOOL_SECS = 1.0
 """A tool still running after this long gets the model told so, to speak instead of leaving dead air."""
 STILL_RUNNING = {"status": "running",
@@ -103,6 +106,18 @@ def end_call_schema() -> FunctionSchema:
         "has heard it. Use when the caller is done or asks to end the call.",
         properties={"reason": {"type": "string", "description": "Why the call is ending."}},
         required=[],
+    )
+
+
+def send_digits_schema() -> FunctionSchema:
+    return FunctionSchema(
+        name=SEND_DIGITS,
+        description="Press keys on the phone keypad, e.g. to choose an option in an automated menu "
+        "('press 2 for billing') or enter a number it asks for. The line goes quiet for a moment while "
+        "the keys are played; the answer says when you can listen again.",
+        properties={"digits": {"type": "string", "description": "The keys to press, in order: 0-9, * and #; "
+                               "w pauses half a second between keys."}},
+        required=["digits"],
     )
 
 

@@ -58,6 +58,10 @@ class CallInfo:
     """While the call moves to a fallback chain: what the old ``twilio.input`` read but did not pass on."""
     hello_timeout_secs: float | None = None
     """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
+    next_stream: asyncio.Future[TwilioMediaStream | None] | None = None
+    """While the call moves to a new media stream (``send_digits``): the stream it moves to, once Twilio opens it
+    (None: it never came). ``twilio.input`` then reads the new stream instead of taking the old one's ``stop``
+    for a hang-up."""
     caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)
     """Set the first time the caller is heard speaking (a VAD onset, the model's, or a transcription)."""
 

@@ -4,8 +4,9 @@ The server has already read ``connected`` and ``start`` (it needs the call's fac
 to build the chain); this stage reads the rest. Mark echoes go to the call's
 playback tracker rather than down the chain, since they describe what the caller
 heard, not what they said. When the caller hangs up (``stop`` or a closed socket)
-it cancels the pipeline: there is nobody left to flush audio to. When the call moves
-to a fallback chain (``call.handover``), this input stops reading and the next chain's
+it cancels the pipeline: there is nobody left to flush audio to, unless the call is
+moving to a new stream (``send_digits`` replaced its TwiML): then it reads on from the
+new stream when the session hands it over. When the call moves to a fallback chain (``call.handover``), this input stops reading and the next chain's
 input takes over the stream, starting with any event this one had in hand.
 """
 
@@ -102,11 +103,30 @@ class TwilioInput(Stage, FrameProcessor):
             elif isinstance(event, Dtmf):
                 await self._push_dtmf(event.digit)
             elif event is None or isinstance(event, Stop):
+                if self._call.next_stream is not None and await self._move_on():
+                    stream = self._stream
+                    continue
                 break
         reason = "caller hung up" if event is not None else "stream closed"
         logger.info(f"call {shown(self._call.call_sid)}: {reason}")
         self._reader = None
         await self.push_frame(CancelWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
+
+    async def _move_on(self) -> bool:
+        """The stream ended because the call is moving to a new one: wait for it; False if none comes."""
+        moved = self._call.next_stream
+        assert moved is not None
+        stream = await asyncio.shield(moved)  # send_digits resolves it, with None on any failure
+        self._call.next_stream = None
+        if stream is None:
+            return False
+        self._stream = stream
+        playback = self._call.playback
+        if playback.playing:  # what Twilio still held for the old stream went with it
+            playback.on_clear()
+            if playback.on_idle is not None:
+                await playback.on_idle()
+        return True
 
     async def _push_dtmf(self, digit: str) -> None:
         try:

@@ -77,8 +77,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         super().__init__(enable_direct_mode=True, **kwargs)
         if call.stream is None:
             raise ValueError("twilio.output needs a call with a media stream")
-        self._call = call
-        self._stream = call.stream
+        self._call = call  # its stream, not a copy: pressing keys (send_digits) moves the call to a new one
         self._playback = call.playback
         self._mark_every_ms = mark_every_ms
         self._unmarked_ms = 0.0
@@ -143,7 +142,8 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             journal.add_usage(token_usage(frame))
 
     async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
-        stream = self._stream
+        stream = self._call.stream
+        assert stream is not None
         await stream.send(stream.messages.media(frame.audio))
         if self._call.recorder is not None:
             self._call.recorder.agent_audio(frame.audio)
@@ -169,7 +169,9 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         name = self._playback.next_mark()
         if self._call.recorder is not None:
             self._call.recorder.mark_sent(name)  # before the send: its echo may be read during the await
-        await self._stream.send(self._stream.messages.mark(name))
+        stream = self._call.stream
+        assert stream is not None
+        await stream.send(stream.messages.mark(name))
 
     async def _end_segment(self) -> None:
         if self._in_segment and self._unmarked_ms > 0:
@@ -181,7 +183,9 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         self._unmarked_ms = 0.0
         if not self._playback.playing and not self._speaking:
             return
-        await self._stream.send(self._stream.messages.clear())
+        stream = self._call.stream
+        assert stream is not None
+        await stream.send(stream.messages.clear())
         heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1

@@ -1,4 +1,4 @@
-"""Twilio's REST API, for what the bridge asks of Twilio itself: placing a call and hanging one up.
+"""Twilio's REST API, for what the bridge asks of Twilio itself: placing a call, changing or hanging one up.
 
 The ``twilio`` package does the HTTP (it is synchronous: callers run these in a
 thread). ``twilio.api_base_url`` points it elsewhere (a proxy, or the fake Twilio
@@ -105,3 +105,15 @@ def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
         rest_client(twilio).calls(call_sid).update(status="completed")
     except Exception as exc:  # closing the stream still ends the call
         logger.warning(f"call {call_sid}: REST hang-up failed ({exc.__class__.__name__}); closing the stream")
+
+
+def update_call(twilio: TwilioConfig, call_sid: str, twiml: str) -> None:
+    """Replace a live call's TwiML (its current verb, a ``<Connect><Stream>``, ends at once); raises on failure."""
+    from twilio.base.exceptions import TwilioException
+
+    try:
+        rest_client(twilio).calls(call_sid).update(twiml=twiml)
+    except TwilioException as exc:
+        raise TwilioRefused(f"Twilio refused to update call {shown(call_sid)}: {twilio_said(exc)}") from None
+    except requests.RequestException as exc:
+        raise TwilioUnreachable(f"could not reach Twilio's API at {api_host(twilio)}: {unreachable_why(exc)}") from None

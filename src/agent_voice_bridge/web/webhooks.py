@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 from loguru import logger
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.config import ServerConfig
@@ -42,13 +41,3 @@ class SignedWebhooks:
         base = public_url(request.url, request.headers, public_base=self._server.public_url,
                           trust_proxy=self._server.trust_proxy, websocket=True)
         return base.split("?")[0].removesuffix(request.url.path) + STREAM_PATH
-
-
-def connect_twiml(url: str, parameters: dict[str, str]) -> str:
-    response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=url)
-    for name, value in parameters.items():
-        stream.parameter(name=name, value=value)
-    response.append(connect)
-    return str(response)

@@ -1,0 +1,143 @@
+"""The AI presses keys on an outbound call (an automated menu): ``tools: [send_digits]``.
+
+Twilio's media stream takes no DTMF from the server, so the bridge replaces the call's TwiML
+(REST update) with ``<Play digits>`` and a new ``<Connect><Stream>``. The fake Twilio REST
+server hands the update to the simulated call, which does what Twilio does: ``stop`` on the
+old stream, the keys played to the far end, a new stream to the TwiML's URL with its own
+``<Parameter>``s. The call must go on as the same call: one record, one AI session (the model
+keeps what it heard), the model's next words heard on the new stream.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_voice_bridge.storage import CallStore
+from agent_voice_bridge.storage.records import CallRecord
+from agent_voice_bridge.transports.simulated_caller import (
+    CallResult,
+    Pause,
+    Say,
+    Step,
+    Until,
+    WaitHeard,
+    WaitQuiet,
+    load_wav,
+    parse_twiml,
+    run_call,
+)
+from conftest import LiveServer, free_port, run_cli
+from fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession
+from fakes.twilio_rest import FakeTwilioRest
+
+ACCOUNT, TOKEN, OUR_NUMBER, MENU_NUMBER = "ACtest00000000000000000000000000", "s3cret-token", "+15550100000", "+15557650000"
+MENU = load_wav("/usr/share/asterisk/sounds/en/if-correct-press.wav")  # a real menu prompt: "If this is correct, press…"
+
+
+def ivr_yaml(port: int, twilio: FakeTwilioRest, fake: FakeOpenAIRealtime, tmp_path: Path) -> str:
+    return (f"server: {{public_url: 'http://127.0.0.1:{port}'}}\n"
+            f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, phone_number: '{OUR_NUMBER}', "
+            f"api_base_url: '{twilio.url}'}}\n"
+            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db'}}\n"
+            "outbound: {machine_detection: false}\n"
+            "pipeline:\n  - twilio.input\n  - openai.realtime:\n      api_key: test-key\n"
+            f"      base_url: {fake.url}\n      audio_format: pcmu\n      tools: [send_digits]\n"
+            "      instructions: 'Find the billing department in the menu you reach.'\n  - twilio.output\n")
+
+
+@dataclass
+class IvrCall:
+    result: CallResult
+    twilio: FakeTwilioRest
+    sessions: list[FakeRealtimeSession]
+    parameters: dict[str, str]
+    record: CallRecord | None
+    finished: int
+    port: int
+
+
+async def call_the_menu(tmp_path: Path, digits: str, *, refuse_updates: bool = False) -> IvrCall:
+    """Dial the menu (the simulated far end), which plays its prompt; the model answers with send_digits(digits).
+
+    The far end waits until the bridge has updated the call (or, when Twilio refuses, for the model's words).
+    """
+    port = free_port()
+    async with FakeOpenAIRealtime(tool_call={"name": "send_digits", "arguments": {"digits": digits}},
+                                  reply_seconds=1.0) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            yaml_text = ivr_yaml(port, twilio, fake, tmp_path)
+            config = tmp_path / "ivr.yaml"
+            config.write_text(yaml_text)
+            with LiveServer(yaml_text, str(config), port=port) as server:
+                assert await run_cli("dial", MENU_NUMBER, "-c", str(config)) == 0
+                placed, = twilio.calls
+                stream_url, parameters = parse_twiml(await twilio.answer(placed.sid))
+                if refuse_updates:
+                    twilio.outage = (503, "application/json",
+                                     '{"code": 20503, "message": "Service unavailable", "status": 503}')
+                    wait: list[Step] = []
+                else:
+                    wait = [Until(lambda: bool(twilio.updates), timeout=15)]
+                result = await run_call(stream_url, [Pause(0.3), Say(MENU, "the menu"), *wait, WaitHeard(timeout=15),
+                                                     WaitQuiet(idle=0.5)],
+                                        call_sid=placed.sid, custom_parameters=parameters, redirects=twilio.redirects)
+                server.wait_idle(finished=1)
+                record = server.db(CallStore.get_call, placed.sid)
+                finished = server.calls.finished
+        print(result.timeline())
+        return IvrCall(result, twilio, list(fake.sessions), parameters, record, finished, port)
+
+
+def gap_of(result: CallResult) -> tuple[float, float]:
+    """(seconds off the stream on the caller's clock: old stream's stop → new stream's connected, keys' part)."""
+    stopped = result.events_of("stop")[0].t
+    back = result.events_of("connected")[1].t
+    return back - stopped, 0.2 * len(result.digits_played)
+
+
+async def test_the_ai_presses_a_key_and_the_call_goes_on_on_a_new_stream(tmp_path: Path) -> None:
+    call = await call_the_menu(tmp_path, "2")
+    result, twilio, parameters, port = call.result, call.twilio, call.parameters, call.port
+    gap, keys = gap_of(result)
+    print(f"off the stream {gap * 1000:.0f} ms, of which {keys * 1000:.0f} ms the keys themselves")
+
+    # The exact update: <Play digits> then a stream back to this server, with a fresh token.
+    update, = twilio.updates
+    assert set(update) == {"call", "Twiml"} and update["call"] == result.call_sid
+    root = ET.fromstring(update["Twiml"])
+    assert [child.tag for child in root] == ["Play", "Connect"]
+    assert root[0].attrib == {"digits": "2"}
+    stream = root.find("./Connect/Stream")
+    assert stream is not None and stream.get("url") == f"ws://127.0.0.1:{port}/media-stream"
+    again = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert again["streamToken"] != parameters["streamToken"], "a new one-time token"
+    assert {k: v for k, v in again.items() if k != "streamToken"} == \
+        {k: v for k, v in parameters.items() if k != "streamToken"}, "the call's parameters, unchanged"
+
+    # Twilio's side: the old stream stopped, the key reached the far end, a new stream carried the call on.
+    assert result.digits_played == "2"
+    assert len(result.stream_sids) == 2 and result.custom_parameters == again
+    assert not result.events_of("redirect_ended") and not result.events_of("redirect_failed")
+    assert gap < keys + 3.0, "a busy box's headroom over the REST round trip and the new handshake"
+
+    # One call, one AI session: the model heard the result and spoke, on the new stream.
+    assert call.record is not None
+    assert call.finished == 1 and (call.record.outcome, call.record.direction) == ("caller_hung_up", "outbound")
+    session, = call.sessions
+    output, = session.function_outputs
+    assert output.name == "send_digits" and "Pressed 2" in output.output
+    back = result.events_of("connected")[1].t
+    assert any(e.t >= back for e in result.events_of("audio_start")), "the model's next words were heard"
+    assert not session.errors
+
+
+async def test_a_refused_update_leaves_the_call_on_its_stream_and_tells_the_model(tmp_path: Path) -> None:
+    call = await call_the_menu(tmp_path, "1w#", refuse_updates=True)
+    result, session = call.result, call.sessions[0]
+    assert len(result.stream_sids) == 1 and not result.events_of("stop")[:-1], "only the hang-up's stop"
+    assert result.digits_played == ""
+    output, = session.function_outputs
+    assert "error" in output.output and "503" in output.output
+    assert result.events_of("audio_start"), "the model told the caller instead"
