@@ -8,6 +8,7 @@ caller. Custom stages after ``keypad`` still see every key as pipecat's ``InputD
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -233,3 +234,49 @@ def test_voice_bridge_call_refuses_a_malformed_digits_option(bad: str, capsys) -
         main(["call", "ws://127.0.0.1:9/media-stream", "--digits", bad])
     assert exit_.value.code == 2
     assert "KEYS@SECONDS" in capsys.readouterr().err
+
+
+def test_the_softphone_keypad_sends_keys_on_its_stream_and_shows_them(tmp_path) -> None:
+    """A browser call: keys clicked on the page's keypad (and one typed) reach the AI as one entry."""
+    import wave
+
+    import numpy as np
+    from test_softphone import CHROMIUM, FAKE_MIC_RATE, _node_ready, _run_browser
+
+    why_not = _node_ready()
+    if why_not:
+        pytest.skip(why_not)
+    wav = tmp_path / "silence.wav"  # the caller says nothing: the keys alone must get the model talking
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(FAKE_MIC_RATE)
+        w.writeframes(np.zeros(FAKE_MIC_RATE * 30, dtype="<i2").tobytes())
+    seen_keys.SEEN.clear()
+
+    async def serve_the_page() -> tuple[dict, list[str]]:
+        async with FakeOpenAIRealtime(reply_seconds=1.0) as fake:
+            chain = f"""pipeline:
+  - twilio.input
+  - keypad
+  - stages.keys:KeySpy
+  - openai.realtime: {{api_key: test-key, base_url: '{fake.url}', audio_format: pcmu}}
+  - twilio.output
+"""
+            with LiveServer(chain) as server:
+                options = {"url": f"http://127.0.0.1:{server.port}/phone?raw=1", "wav": str(wav),
+                           "chromium": CHROMIUM, "out": str(tmp_path / "softphone.json"), "timeoutMs": 20000,
+                           "keys": "12", "typed": "#"}
+                result = await asyncio.to_thread(_run_browser, options, None, 60.0)
+                server.wait_idle(finished=1)
+            texts = [e["item"]["content"][0]["text"] for s in fake.sessions for e in s.events
+                     if e["type"] == "conversation.item.create" and e["item"].get("role") == "user"]
+        return result, texts
+
+    result, texts = asyncio.run(serve_the_page())
+    page = result["page"]
+    assert result["keysShown"] == "12#" and page["keys"] == "12#"
+    assert [e["detail"] for e in page["events"] if e["kind"] == "dtmf"] == ["1", "2", "#"]
+    assert seen_keys.SEEN == ["1", "2", "#"], "the keys went over the stream as Twilio's dtmf messages"
+    assert texts == [said("12#")]
+    assert page["stats"]["replies"] >= 1, "and the model answered them"
