@@ -16,6 +16,7 @@ import pytest
 from agent_voice_bridge.pipelines.chain import build_chain
 from agent_voice_bridge.pipelines.errors import ConfigError
 from agent_voice_bridge.pipelines.loader import load_text
+from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.simulated_caller import Dtmf, Pause, Say, Until, WaitHeard, WaitQuiet, run_call
 from conftest import LiveServer, run_cli, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
@@ -57,6 +58,8 @@ async def test_gemini_hears_an_entry_ended_by_pound_as_a_complete_user_turn_and_
         with LiveServer(gemini_chain(fake)) as server:
             result = await run_call(server.http_url, [Pause(0.5), Dtmf("1234#", gap=0.1), WaitHeard(timeout=10),
                                                       WaitQuiet(idle=0.5)])
+            server.wait_idle(finished=1)
+            transcript = server.db(CallStore.transcript, result.call_sid)
         print(result.timeline())
         session = fake.sessions[-1]
         entry = next(c for c in session.client_contents if c.get("turns"))
@@ -66,6 +69,7 @@ async def test_gemini_hears_an_entry_ended_by_pound_as_a_complete_user_turn_and_
     last_key = result.events_of("dtmf")[-1].t
     assert any(e.t > last_key for e in result.events_of("audio_start")), "the model's answer reached the caller"
     assert seen_keys.SEEN == list("1234#"), "a custom stage after keypad still sees every key"
+    assert [(t.speaker, t.text) for t in transcript][:1] == [("caller", "(pressed 1 2 3 4 #)")], transcript
 
 
 async def test_a_pause_ends_an_entry_and_max_keys_ends_one_at_its_length() -> None:
@@ -144,6 +148,15 @@ def test_bad_keypad_options_are_refused_at_check_with_file_line_and_stage() -> N
     with pytest.raises(ConfigError) as error:
         build_chain(load_text(text, "keys.yaml"))
     assert "keys.yaml:3: stage 2 (keypad)" in str(error.value) and "end_key" in str(error.value)
+
+
+def test_a_keypad_after_the_ai_stage_is_refused_at_check() -> None:
+    text = "pipeline:\n  - twilio.input\n  - mulaw.decode\n  - vad.interrupter\n  - echo\n  - keypad\n" \
+           "  - mulaw.encode\n  - twilio.output\n"
+    with pytest.raises(ConfigError) as error:
+        build_chain(load_text(text, "keys.yaml"))
+    print(error.value)
+    assert "keys.yaml:6: stage 5 (keypad)" in str(error.value) and "before the AI stage" in str(error.value)
 
 
 try:

@@ -10,6 +10,7 @@ keeps what it heard), the model's next words heard on the new stream.
 
 from __future__ import annotations
 
+import wave
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ def ivr_yaml(port: int, twilio: FakeTwilioRest, fake: FakeOpenAIRealtime, tmp_pa
     return (f"server: {{public_url: 'http://127.0.0.1:{port}'}}\n"
             f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, phone_number: '{OUR_NUMBER}', "
             f"api_base_url: '{twilio.url}'}}\n"
-            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db'}}\n"
+            f"storage: {{url: 'sqlite:///{tmp_path}/calls.db', record: true, recordings: '{tmp_path}/rec'}}\n"
             "outbound: {machine_detection: false}\n"
             "pipeline:\n  - twilio.input\n  - openai.realtime:\n      api_key: test-key\n"
             f"      base_url: {fake.url}\n      audio_format: pcmu\n      tools: [send_digits]\n"
@@ -131,6 +132,14 @@ async def test_the_ai_presses_a_key_and_the_call_goes_on_on_a_new_stream(tmp_pat
     back = result.events_of("connected")[1].t
     assert any(e.t >= back for e in result.events_of("audio_start")), "the model's next words were heard"
     assert not session.errors
+
+    # The call's recording went on across the switch, to the end of the call.
+    assert call.record.recording_path
+    with wave.open(call.record.recording_path) as wav:
+        recorded = wav.getnframes() / wav.getframerate()
+    sent = len(result.sent) / 8000
+    print(f"recorded {recorded:.2f} s of a {sent:.2f} s call")
+    assert abs(recorded - sent) < 0.1
 
 
 async def test_a_refused_update_leaves_the_call_on_its_stream_and_tells_the_model(tmp_path: Path) -> None:

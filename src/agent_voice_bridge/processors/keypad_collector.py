@@ -27,6 +27,7 @@ from pipecat.frames.frames import CancelFrame, EndFrame, Frame, InputDTMFFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pydantic import Field, field_validator
 
+from agent_voice_bridge.pipelines.formats import AudioFormat, FormatMismatch, Side
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.processors.audio_stage import AudioStage
 from agent_voice_bridge.processors.frames import KeypadEntryFrame
@@ -75,6 +76,13 @@ class KeypadCollector(AudioStage):
         self._call = call
         self._keys = ""
         self._pause: asyncio.Task | None = None
+
+    @classmethod
+    def audio_out(cls, params: KeypadParams, audio_in: AudioFormat | None, side: Side) -> AudioFormat | None:
+        if side == "agent":
+            raise FormatMismatch("it tells the AI the caller's keys, so it goes before the AI stage; here it "
+                                 "would get the AI's audio")
+        return audio_in
 
     @classmethod
     def create(cls, params: KeypadParams, ctx: StageContext) -> KeypadCollector:

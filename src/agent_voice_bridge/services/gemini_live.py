@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from google.genai.types import HttpOptions
+from loguru import logger
 from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -165,6 +166,8 @@ class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, Every
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, KeypadEntryFrame):
             # The caller's keys as a complete user turn (one clientContent, turnComplete): the model answers.
+            if self._session is None:
+                logger.warning(f"{self}: a keypad entry came before the Live session was open; it is dropped")
             await self._create_single_response(frame.messages)
             await self.push_frame(frame, direction)
             return

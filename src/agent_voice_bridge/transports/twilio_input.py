@@ -13,6 +13,7 @@ input takes over the stream, starting with any event this one had in hand.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
@@ -34,6 +35,10 @@ from agent_voice_bridge.processors.audio_stage import hand_on
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import Dtmf, Mark, Media, Stop
+
+
+SILENT_FRAME = b"\xff" * 160
+"""20 ms of μ-law silence."""
 
 
 class TwilioInput(Stage, FrameProcessor):
@@ -116,11 +121,14 @@ class TwilioInput(Stage, FrameProcessor):
         """The stream ended because the call is moving to a new one: wait for it; False if none comes."""
         moved = self._call.next_stream
         assert moved is not None
+        stopped = time.monotonic()
         stream = await asyncio.shield(moved)  # send_digits resolves it, with None on any failure
         self._call.next_stream = None
         if stream is None:
             return False
         self._stream = stream
+        if self._call.recorder is not None:  # the gap as silence, so the caller's audio after it keeps its time
+            self._call.recorder.caller_audio(SILENT_FRAME * round((time.monotonic() - stopped) * 50))
         playback = self._call.playback
         if playback.playing:  # what Twilio still held for the old stream went with it
             playback.on_clear()
