@@ -74,7 +74,7 @@ async def test_gemini_hears_an_entry_ended_by_pound_as_a_complete_user_turn_and_
 
 async def test_a_pause_ends_an_entry_and_max_keys_ends_one_at_its_length() -> None:
     async with FakeGeminiLive(script=GeminiScript(reply_audio=None)) as fake:
-        keypad = "keypad: {pause_secs: 1.5, max_keys: 3, end_key: null}"
+        keypad = "keypad: {pause_secs: 2.5, max_keys: 3, end_key: null}"
         with LiveServer(gemini_chain(fake, keypad)) as server:
             def entries(n: int):
                 return lambda: bool(fake.sessions) and len(user_texts(fake.sessions[-1])) >= n
@@ -88,8 +88,8 @@ async def test_a_pause_ends_an_entry_and_max_keys_ends_one_at_its_length() -> No
         # was never finished, so never sent.
         assert user_texts(fake.sessions[-1]) == [said("42"), said("9#*")]
         t = [e.t for e in result.events_of("dtmf")]
-        assert t[2] - t[1] >= 1.5, "the first entry waited for the pause"
-        assert t[5] - t[4] < 1.2, "the second ended at its third key, not a pause later"
+        assert t[2] - t[1] >= 2.5, "the first entry waited for the pause"
+        assert t[5] - t[4] < 2.0, "the second ended at its third key, not a pause later"
 
 
 async def test_openai_gets_a_user_message_item_and_a_response_create() -> None:

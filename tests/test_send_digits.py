@@ -15,6 +15,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from agent_voice_bridge.calls.live_call import digits_seconds
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.records import CallRecord
 from agent_voice_bridge.transports.simulated_caller import (
@@ -29,7 +32,7 @@ from agent_voice_bridge.transports.simulated_caller import (
     parse_twiml,
     run_call,
 )
-from conftest import LiveServer, free_port, run_cli
+from conftest import LiveServer, free_port, run_cli, speech
 from fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession
 from fakes.twilio_rest import FakeTwilioRest
 
@@ -59,10 +62,12 @@ class IvrCall:
     port: int
 
 
-async def call_the_menu(tmp_path: Path, digits: str, *, refuse_updates: bool = False) -> IvrCall:
+async def call_the_menu(tmp_path: Path, digits: str, *, refuse_updates: bool = False,
+                        then: list[Step] | None = None) -> IvrCall:
     """Dial the menu (the simulated far end), which plays its prompt; the model answers with send_digits(digits).
 
-    The far end waits until the bridge has updated the call (or, when Twilio refuses, for the model's words).
+    The far end waits until the bridge has updated the call (or, when Twilio refuses, for the model's words),
+    then does ``then`` (default: hears the model out) and hangs up.
     """
     port = free_port()
     async with FakeOpenAIRealtime(tool_call={"name": "send_digits", "arguments": {"digits": digits}},
@@ -81,9 +86,10 @@ async def call_the_menu(tmp_path: Path, digits: str, *, refuse_updates: bool = F
                     wait: list[Step] = []
                 else:
                     wait = [Until(lambda: bool(twilio.updates), timeout=15)]
-                result = await run_call(stream_url, [Pause(0.3), Say(MENU, "the menu"), *wait, WaitHeard(timeout=15),
-                                                     WaitQuiet(idle=0.5)],
-                                        call_sid=placed.sid, custom_parameters=parameters, redirects=twilio.redirects)
+                after = [WaitHeard(timeout=15), WaitQuiet(idle=0.5)] if then is None else then
+                result = await run_call(stream_url, [Pause(0.3), Say(MENU, "the menu"), *wait, *after],
+                                        call_sid=placed.sid, custom_parameters=parameters, redirects=twilio.redirects,
+                                        tail=0.0)
                 server.wait_idle(finished=1)
                 record = server.db(CallStore.get_call, placed.sid)
                 finished = server.calls.finished
@@ -91,17 +97,26 @@ async def call_the_menu(tmp_path: Path, digits: str, *, refuse_updates: bool = F
         return IvrCall(result, twilio, list(fake.sessions), parameters, record, finished, port)
 
 
-def gap_of(result: CallResult) -> tuple[float, float]:
+def gap_of(result: CallResult, digits: str) -> tuple[float, float]:
     """(seconds off the stream on the caller's clock: old stream's stop → new stream's connected, keys' part)."""
     stopped = result.events_of("stop")[0].t
     back = result.events_of("connected")[1].t
-    return back - stopped, 0.2 * len(result.digits_played)
+    return back - stopped, digits_seconds(digits)
+
+
+def onset_after(pcm: np.ndarray, t: float) -> float:
+    """The first 20 ms frame louder than -40 dBFS at or after ``t`` s (8 kHz int16)."""
+    start = int(t * 50)
+    frames = pcm[start * 160:len(pcm) // 160 * 160].astype(np.float64).reshape(-1, 160)
+    loud = np.nonzero(np.sqrt((frames ** 2).mean(axis=1)) > 32768 * 10 ** (-40 / 20))[0]
+    return (start + loud[0]) / 50
 
 
 async def test_the_ai_presses_a_key_and_the_call_goes_on_on_a_new_stream(tmp_path: Path) -> None:
-    call = await call_the_menu(tmp_path, "2")
+    call = await call_the_menu(tmp_path, "w2", then=[WaitHeard(timeout=15), WaitQuiet(idle=0.5),
+                                                     Say(speech("hello-world"), "after the keys"), WaitQuiet(idle=0.8)])
     result, twilio, parameters, port = call.result, call.twilio, call.parameters, call.port
-    gap, keys = gap_of(result)
+    gap, keys = gap_of(result, "w2")
     print(f"off the stream {gap * 1000:.0f} ms, of which {keys * 1000:.0f} ms the keys themselves")
 
     # The exact update: <Play digits> then a stream back to this server, with a fresh token.
@@ -109,7 +124,7 @@ async def test_the_ai_presses_a_key_and_the_call_goes_on_on_a_new_stream(tmp_pat
     assert set(update) == {"call", "Twiml"} and update["call"] == result.call_sid
     root = ET.fromstring(update["Twiml"])
     assert [child.tag for child in root] == ["Play", "Connect"]
-    assert root[0].attrib == {"digits": "2"}
+    assert root[0].attrib == {"digits": "w2"}
     stream = root.find("./Connect/Stream")
     assert stream is not None and stream.get("url") == f"ws://127.0.0.1:{port}/media-stream"
     again = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
@@ -133,13 +148,15 @@ async def test_the_ai_presses_a_key_and_the_call_goes_on_on_a_new_stream(tmp_pat
     assert any(e.t >= back for e in result.events_of("audio_start")), "the model's next words were heard"
     assert not session.errors
 
-    # The call's recording went on across the switch, to the end of the call.
+    # The recording keeps the call's time across the gap (silence for it): what the caller said after the keys
+    # is where the caller said it.
     assert call.record.recording_path
     with wave.open(call.record.recording_path) as wav:
-        recorded = wav.getnframes() / wav.getframerate()
-    sent = len(result.sent) / 8000
-    print(f"recorded {recorded:.2f} s of a {sent:.2f} s call")
-    assert abs(recorded - sent) < 0.1
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    said_at = result.utterances[-1][0]
+    recorded_at = onset_after(stereo[:, 0], result.events_of("connected")[1].t)
+    print(f"said at {said_at:.2f} s, recorded at {recorded_at:.2f} s")
+    assert abs(recorded_at - said_at) <= 0.1
 
 
 async def test_a_refused_update_leaves_the_call_on_its_stream_and_tells_the_model(tmp_path: Path) -> None:
@@ -150,3 +167,14 @@ async def test_a_refused_update_leaves_the_call_on_its_stream_and_tells_the_mode
     output, = session.function_outputs
     assert "error" in output.output and "503" in output.output
     assert result.events_of("audio_start"), "the model told the caller instead"
+
+
+async def test_a_far_end_that_hangs_up_while_the_keys_play_ends_the_call_cleanly(tmp_path: Path, monkeypatch) -> None:
+    """No new stream ever comes: after the reconnect timeout the call ends as hung up, record and all."""
+    from agent_voice_bridge.calls import live_call
+
+    monkeypatch.setattr(live_call, "RECONNECT_TIMEOUT_SECS", 1.0)
+    call = await call_the_menu(tmp_path, "3", then=[])
+    assert len(call.result.stream_sids) == 1 and call.result.events_of("redirect_ended")
+    assert call.finished == 1 and call.record is not None and call.record.outcome == "caller_hung_up"
+    assert call.record.ended_at is not None

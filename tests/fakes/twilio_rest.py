@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -63,8 +62,6 @@ class FakeTwilioRest:
         self.messages: list[dict[str, str]] = []
         self.redirects: dict[str, Callable[[str], object]] = {}
         """Live simulated calls by SID (``run_call(redirects=…)``): where an update's new TwiML is played."""
-        self.updated_at: list[float] = []
-        """``time.monotonic()`` when each update arrived (to measure what a redirect costs)."""
         self.outage: tuple[int, str, str] | None = None
         """(status, content type, body): set it and every API request gets that answer (an outage, a proxy's page)."""
         self._validator = RequestValidator(auth_token)
@@ -123,7 +120,6 @@ class FakeTwilioRest:
                 except ET.ParseError:
                     return _error(400, 12100, "Document parse failure")
             self.updates.append({"call": call_sid, **form})
-            self.updated_at.append(time.monotonic())
             redirect = self.redirects.get(call_sid)
             if twiml is not None and redirect is not None:
                 redirect(twiml)  # runs on the call's own loop, after this answer: Twilio's update returns at once

@@ -127,22 +127,27 @@ class LiveCall:
         """Press ``digits`` on the call: replace its TwiML, and go on when Twilio's new stream has started.
 
         Returns the seconds from the REST update to the new stream's ``start`` (the keys' own time included).
+        Shielded: a caller that stops waiting (the model took its tool call back) does not stop a switch that
+        Twilio may already be making, which would leave the call between two streams.
         """
         if not DIGITS.fullmatch(digits):
             raise ValueError(f"digits must be 1 to 32 of 0-9 * # w, got {shown(repr(digits), 60)}")
         if not self.can_send_digits or self.stream_home is None:
             raise RuntimeError("this line has no Twilio account to press keys with (twilio.account_sid, auth_token)")
-        info = self.info
-        if info.next_stream is not None:
+        if self.info.next_stream is not None:
             raise RuntimeError("keys are already being pressed on this call")
+        return await asyncio.shield(self._press(digits, self.stream_home))
+
+    async def _press(self, digits: str, home: StreamHome) -> float:
+        info = self.info
         await self._until_quiet(DIGITS_QUIET_MAX_WAIT_SECS)
         loop = asyncio.get_running_loop()
         moved = info.next_stream = loop.create_future()  # before the update: Twilio's stop may come at once
-        twiml = connect_twiml(self.stream_home.url, self.stream_home.parameters(), digits=digits)
+        twiml = connect_twiml(home.url, home.parameters(), digits=digits)
         began = loop.time()
+        timeout = RECONNECT_TIMEOUT_SECS + digits_seconds(digits)
         try:
             await asyncio.to_thread(update_call, self.twilio, info.call_sid, twiml)
-            timeout = RECONNECT_TIMEOUT_SECS + digits_seconds(digits)
             stream = await asyncio.wait_for(asyncio.shield(moved), timeout)
         except TimeoutError:
             raise RuntimeError(f"Twilio did not bring the call back on a new stream within {timeout:g} s") from None

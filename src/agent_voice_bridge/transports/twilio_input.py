@@ -6,8 +6,9 @@ playback tracker rather than down the chain, since they describe what the caller
 heard, not what they said. When the caller hangs up (``stop`` or a closed socket)
 it cancels the pipeline: there is nobody left to flush audio to, unless the call is
 moving to a new stream (``send_digits`` replaced its TwiML): then it reads on from the
-new stream when the session hands it over. When the call moves to a fallback chain (``call.handover``), this input stops reading and the next chain's
-input takes over the stream, starting with any event this one had in hand.
+new stream when the session hands it over. When the call moves to a fallback chain
+(``call.handover``), this input stops reading and the next chain's input takes over the
+stream, starting with any event this one had in hand.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from agent_voice_bridge.processors.audio_stage import hand_on
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import Dtmf, Mark, Media, Stop
-
 
 SILENT_FRAME = b"\xff" * 160
 """20 ms of μ-law silence."""
