@@ -22,6 +22,7 @@ from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.records import CallRecord
 from agent_voice_bridge.transports.simulated_caller import (
     CallResult,
+    Dtmf,
     Pause,
     Say,
     Step,
@@ -178,3 +179,24 @@ async def test_a_far_end_that_hangs_up_while_the_keys_play_ends_the_call_cleanly
     assert len(call.result.stream_sids) == 1 and call.result.events_of("redirect_ended")
     assert call.finished == 1 and call.record is not None and call.record.outcome == "caller_hung_up"
     assert call.record.ended_at is not None
+
+
+async def test_a_stage_presses_keys_with_pipecat_s_output_dtmf_frame() -> None:
+    """A custom stage's OutputDTMFFrame is the call's send_digits: same switch, and the echo line goes on."""
+    with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+        chain = (f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, api_base_url: '{twilio.url}'}}\n"
+                 "pipeline:\n  - twilio.input\n  - stages.keys:PressOnPound\n  - mulaw.decode\n"
+                 "  - vad.interrupter: {start_secs: 0.15, stop_secs: 0.5}\n  - echo\n  - mulaw.encode\n"
+                 "  - twilio.output\n")
+        with LiveServer(chain) as server:
+            result = await run_call(server.http_url, [
+                Pause(0.3), Dtmf("#"), Until(lambda: bool(twilio.updates), timeout=10), Pause(1.0),
+                Say(speech("hello-world")), WaitHeard(timeout=10), WaitQuiet(idle=0.8)],
+                auth_token=TOKEN, redirects=twilio.redirects)
+            server.wait_idle(finished=1)
+            finished = server.calls.finished
+    print(result.timeline())
+    assert result.digits_played == "9" and len(result.stream_sids) == 2
+    assert finished == 1
+    back = result.events_of("connected")[1].t
+    assert any(e.t > back for e in result.events_of("audio_start")), "the echo line answered on the new stream"
