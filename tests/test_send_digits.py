@@ -200,3 +200,29 @@ async def test_a_stage_presses_keys_with_pipecat_s_output_dtmf_frame() -> None:
     assert finished == 1
     back = result.events_of("connected")[1].t
     assert any(e.t > back for e in result.events_of("audio_start")), "the echo line answered on the new stream"
+
+
+async def test_gemini_presses_keys_and_its_session_goes_on_across_the_switch() -> None:
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+    from test_gemini_call import chain_yaml
+
+    script = GeminiScript(tool_call={"name": "send_digits", "args": {"digits": "1#"}})
+    async with FakeGeminiLive(script=script) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            chain = (f"twilio: {{account_sid: {ACCOUNT}, auth_token: {TOKEN}, api_base_url: '{twilio.url}'}}\n"
+                     + chain_yaml(fake, turn_detection="model", vad=False, tools="[send_digits]"))
+            with LiveServer(chain) as server:
+                result = await run_call(server.http_url, [
+                    Pause(0.3), Say(MENU, "the menu"), Until(lambda: bool(twilio.updates), timeout=15),
+                    WaitHeard(timeout=15), WaitQuiet(idle=0.5)],
+                    auth_token=TOKEN, redirects=twilio.redirects, custom_parameters={"topic": "billing"})
+                server.wait_idle(finished=1)
+        print(result.timeline())
+        session = fake.sessions[-1]
+    assert result.digits_played == "1#" and len(result.stream_sids) == 2
+    response, = [r for body in session.tool_responses for r in body["functionResponses"]]
+    assert response["name"] == "send_digits" and "Pressed 1 #" in str(response["response"])
+    assert session.audio_ms() >= len(MENU) / 8, "the session that got the result is the one that heard the menu"
+    back = result.events_of("connected")[1].t
+    assert any(e.t >= back for e in result.events_of("audio_start")), "Gemini's answer was heard on the new stream"
+    assert not session.protocol_errors
