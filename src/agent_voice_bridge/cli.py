@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from agent_voice_bridge.pipelines.config import BridgeConfig
     from agent_voice_bridge.lines import Lines
-    from agent_voice_bridge.transports.simulated_caller import Step
+    from agent_voice_bridge.transports.simulated_caller import KeysAt, Step
 
 AI_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
@@ -158,10 +158,11 @@ def banner(setup: ServerSetup, lines: Lines, url: str) -> str:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from agent_voice_bridge.transports.simulated_caller import CallSetupError, load_wav, run_call, save_wav
+    from agent_voice_bridge.transports.simulated_caller import CallSetupError, load_wav, save_wav
 
-    if not args.wav:
-        print("voice-bridge call: give at least one --wav FILE to speak", file=sys.stderr)
+    if not args.wav and not args.digits:
+        print("voice-bridge call: give at least one --wav FILE to speak or --digits KEYS@SECS to press",
+              file=sys.stderr)
         return 2
     try:
         steps = call_script(args, [(Path(path).name, load_wav(path)) for path in args.wav])
@@ -201,11 +202,11 @@ async def _call_and_follow(args: argparse.Namespace, steps: list[Step], token: s
 
     if args.twilio_api is None:
         return await run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
-                              auth_token=token), []
+                              auth_token=token, keys=args.digits), []
     assert token is not None and account is not None
     async with SimulatedTwilio(account, token, args.twilio_api) as twilio:
         first = await run_call(args.url, steps, from_number=args.from_number, to_number=args.to_number,
-                               auth_token=token, account_sid=account)
+                               auth_token=token, account_sid=account, keys=args.digits)
         legs = await follow_transfers(twilio, first, from_number=args.from_number, to_number=args.to_number,
                                       answer=args.transfer_answer,
                                       listen=[WaitReply(timeout=args.timeout, idle=args.idle, what="the line")])
@@ -219,7 +220,7 @@ def call_script(args: argparse.Namespace, wavs: list[tuple[str, np.ndarray]]) ->
     ``--idle`` seconds of quiet, so a model that thinks for seconds is not hung up on. ``--barge-in``
     instead speaks each next WAV that long after the previous reply starts.
     """
-    from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitReply
+    from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitKeys, WaitReply
 
     if args.greeting_wait > 0:
         steps: list[Step] = [WaitReply(timeout=args.greeting_wait, idle=args.idle, what="greeting")]
@@ -232,7 +233,24 @@ def call_script(args: argparse.Namespace, wavs: list[tuple[str, np.ndarray]]) ->
             steps.append(WaitHeard(after=args.barge_in, timeout=args.timeout))
         else:
             steps.append(WaitReply(timeout=args.timeout, idle=args.idle))
+    if args.digits:
+        # Keys pressed after the last WAV get their answer heard out too (one already heard is not waited for).
+        steps += [WaitKeys(), WaitReply(timeout=args.timeout, idle=args.idle, what="answer to the keys")]
     return steps
+
+
+def keys_at(text: str) -> KeysAt:
+    """``--digits 1234#@3.5``: the keys and when (seconds into the call) the caller presses them."""
+    from agent_voice_bridge.transports.simulated_caller import KeysAt
+
+    digits, _, seconds = text.rpartition("@")
+    try:
+        when = float(seconds)
+    except ValueError:
+        when = float("nan")
+    if not digits or not all(d in "0123456789*#" for d in digits) or not 0 <= when < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEYS@SECONDS, keys from 0-9 * #, e.g. 1234#@3.5")
+    return KeysAt(digits, when)
 
 
 def _open_store(path: str | None):
@@ -459,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     call = sub.add_parser("call", help="call a bridge as a simulated Twilio caller")
     call.add_argument("url", help="http(s)://host/incoming (follows the TwiML) or ws(s)://host/media-stream")
     call.add_argument("--wav", action="append", default=[], help="audio to speak (repeatable)")
+    call.add_argument("--digits", action="append", default=[], type=keys_at, metavar="KEYS@SECS",
+                      help="press KEYS (0-9 * #, 0.1 s apart) SECS into the call, e.g. 1234#@3.5 (repeatable)")
     call.add_argument("--out", help="write what the caller heard to this WAV")
     call.add_argument("--from", dest="from_number", default="+15550001111")
     call.add_argument("--to", dest="to_number", default="+15550002222")

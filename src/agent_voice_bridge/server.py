@@ -39,13 +39,14 @@ from agent_voice_bridge.services import message_transcriber
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY
+from agent_voice_bridge.transports.twiml import STREAM_PATH, connect_twiml
 from agent_voice_bridge.web import softphone_router
 from agent_voice_bridge.web.body_limit import BodyLimit
 from agent_voice_bridge.web.browser_guard import BrowserHostGuard, BrowserHosts
 from agent_voice_bridge.web.calls_api import calls_router
 from agent_voice_bridge.web.outbound import outbound_router
 from agent_voice_bridge.web.transfer import transfer_router
-from agent_voice_bridge.web.webhooks import STREAM_PATH, SignedWebhooks, connect_twiml
+from agent_voice_bridge.web.webhooks import SignedWebhooks
 
 CONFIG_ENV = "VOICE_BRIDGE_CONFIG"
 

@@ -9,6 +9,8 @@
 // With "line": NAME it picks that line first (the server must list it in the page's line picker).
 // With "firstReplyOnly": true it hangs up once the first reply has brought `replyBytes` of audio (default 8000,
 // one second of μ-law; how fast it arrives depends on the box's load) and records the page's address.
+// With "keys": "12" (and "typed": "#") it clicks those keypad buttons once the call is live, then types `typed` on
+// the keyboard, waits for the reply to them, and records what the page shows as the keys pressed (`keysShown`).
 // Progress goes to stdout, one line per step, so a failure shows how far the call got.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -87,6 +89,21 @@ async function run() {
   await page.click('#call');
   let s = await waitFor('the call to go live', (x) => x.state === 'live', 10000);
   say(`live, audio context at ${await page.evaluate(() => window.softphone.audioRate)} Hz`);
+  if (opts.keys) {
+    for (const key of opts.keys) {
+      await page.click(`#keypad button[data-key="${key}"]`);
+      await page.waitForTimeout(100);
+    }
+    if (opts.typed) await page.keyboard.press(opts.typed);
+    say(`pressed ${opts.keys}${opts.typed || ''}`);
+    s = await waitFor('the reply to the keys', (x) => x.stats.replies >= 1);
+    say('reply to the keys');
+    const keysShown = await page.textContent('#keys');
+    await page.evaluate(() => window.softphone.hangUp());
+    await page.waitForTimeout(300);
+    await dump('ok', { keysShown });
+    return;
+  }
   s = await waitFor('the first reply', (x) => x.latencies.length >= 1);
   say(`first reply after ${s.latencies[0]} ms`);
   if (opts.firstReplyOnly) {

@@ -19,6 +19,15 @@ signed answer webhook to the call's ``Url`` (with ``AnsweredBy`` when machine de
 was asked for) and returns the TwiML, which the test then plays with the simulated caller;
 :meth:`FakeTwilioRest.dial_ended` posts a redirected call's ``<Dial action>`` with the
 ``DialCallStatus`` the test chose (the person answered and hung up, nobody answered…).
+
+A live call's TwiML can be replaced (``calls(sid).update(twiml=…)``): the update answers at
+once with the call resource, then, as Twilio does, the call's current ``<Connect><Stream>``
+ends (its stream gets ``stop`` and closes) and the new TwiML runs on the same call
+(``<Play digits>`` to the far end, then a new stream to its ``<Connect><Stream url>``). The
+simulated caller does that part: ``run_call(..., redirects=twilio.redirects)`` lets this
+server reach the call by its SID. TwiML the twilio package's voice model does not allow
+(not XML, no ``<Response>`` root, a verb where it cannot stand) is refused like Twilio
+refuses it (400, error 12100), and nothing happens to the call.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import re
 import threading
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -87,6 +97,8 @@ class FakeTwilioRest:
         self.calls: list[PlacedCall] = []
         self.updates: list[dict[str, str]] = []
         self.messages: list[dict[str, str]] = []
+        self.redirects: dict[str, Callable[[str], object]] = {}
+        """Live simulated calls by SID (``run_call(redirects=…)``): where an update's new TwiML is played."""
         self.outage: tuple[int, str, str] | None = None
         """(status, content type, body): set it and every API request gets that answer (an outage, a proxy's page)."""
         self._validator = RequestValidator(auth_token)
@@ -137,12 +149,16 @@ class FakeTwilioRest:
             if not self._authorised(request, account):
                 return _error(401, 20003, "Authenticate")
             form = {k: str(v) for k, v in (await request.form()).items()}
-            if "Twiml" in form:
+            twiml = form.get("Twiml")
+            if twiml is not None:
                 try:
-                    check_twiml(form["Twiml"])
+                    check_twiml(twiml)
                 except TwimlError as exc:
                     return _error(400, 12100, f"Document parse failure: {exc}")
             self.updates.append({"call": call_sid, **form})
+            redirect = self.redirects.get(call_sid)
+            if twiml is not None and redirect is not None:
+                redirect(twiml)  # runs on the call's own loop, after this answer: Twilio's update returns at once
             return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
 
         @app.post(API + "/Messages.json")

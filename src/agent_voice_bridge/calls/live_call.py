@@ -1,12 +1,29 @@
-"""A running call and the handles to end it from outside: shutdown, the time limit, the AI's end_call and transfer.
+"""A running call and the handles to act on it from outside: shutdown, the time limit, the AI's tools
+(end_call, send_digits, transfer).
 
 Kept apart from :mod:`.session` (which runs the call) so that the handover and the
 records, which act on a live call, depend on it without depending on each other.
+
+Pressing keys (``send_digits``): Twilio's media stream carries no DTMF from the server
+(it takes only ``media``, ``mark`` and ``clear``), so the call's TwiML is replaced through
+the REST API with ``<Play digits>`` followed by a new ``<Connect><Stream>`` to this
+server. The current stream gets ``stop`` and closes, Twilio plays the keys, and a new
+stream (new streamSid, same callSid, a fresh one-time stream token) connects. The
+session hands that stream to this call (:meth:`LiveCall.continue_on`), and the call's
+``twilio.input`` and ``twilio.output`` go on with it: same pipeline, same AI session and
+conversation, same record. What it costs is the gap, measured in the tests.
+
+Transferring (``transfer``): the call's TwiML is replaced the same way, with a ``<Dial>``
+to the person (cold) or hold music while the person is rung (warm, see
+:mod:`.warm_transfer`); this pipeline then ends. A call that comes back from a transfer
+is a new session of the same call (see :mod:`.session`), not a stream joining this one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -21,13 +38,36 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import complete_call, redirect_call, send_text, twilio_said
+from agent_voice_bridge.transports.twilio_rest import complete_call, send_text, twilio_said, update_call
+from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
+from agent_voice_bridge.transports.twiml import connect_twiml
 
 HANG_UP_QUIET_SECS = 0.8
 """After end_call, the line must have been quiet this long (the goodbye fully played) before hanging up."""
 HANG_UP_MAX_WAIT_SECS = 20.0
 TRANSFER_LINE_WAIT_SECS = 3.0
 """A transfer without a ``say`` line waits this long for the AI's own line (asked for by the tool's result) to begin."""
+DIGITS_QUIET_MAX_WAIT_SECS = 10.0
+"""Before pressing keys the AI's words (``Pressing 1 now``) play out, for at most this long: the stream ends then."""
+RECONNECT_TIMEOUT_SECS = 15.0
+"""After the keys have played, Twilio's new stream must start within this, or the call is taken as over."""
+DIGITS = re.compile(r"[0-9*#w]{1,32}")
+"""What ``<Play digits>`` takes: keys 0-9 * #, and ``w`` for half a second's pause."""
+KEY_SECS, PAUSE_SECS = 0.2, 0.5
+
+
+def digits_seconds(digits: str) -> float:
+    """About how long Twilio takes to play ``digits`` (Twilio documents ``w``; a key's length is our guess)."""
+    return sum(PAUSE_SECS if key == "w" else KEY_SECS for key in digits)
+
+
+@dataclass(frozen=True)
+class StreamHome:
+    """Where Twilio connects this call's next media stream: the URL, and its ``<Parameter>``s (a fresh one-time
+    stream token each time it is asked)."""
+
+    url: str
+    parameters: Callable[[], dict[str, str]]
 
 
 @dataclass
@@ -52,11 +92,14 @@ class LiveCall:
     """The bridge's public ``https://host`` as Twilio reaches it: where a transfer's ``<Dial action>`` points."""
     transfers: WarmTransfers | None = None
     """The server's warm transfers (a ``warm`` destination puts the caller on hold there)."""
+    stream_home: StreamHome | None = None
+    """Set by the session: without it (a pipeline run without a server) keys cannot be sent."""
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
     _decided: bool = False
     _brief_timer: asyncio.TimerHandle | None = None
+    _stream_released: asyncio.Event | None = None
 
     async def end(self, goodbye: str | None, reason: str, outcome: str = "ended_by_bridge") -> None:
         """Stop the pipeline; the session then plays ``goodbye`` (a committed line) if given."""
@@ -85,6 +128,11 @@ class LiveCall:
         return True
 
     @property
+    def _has_twilio(self) -> bool:
+        """Whether this call can be changed through Twilio's REST API (an account, and the call's SID)."""
+        return bool(self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid)
+
+    @property
     def can_send_text(self) -> bool:
         twilio = self.twilio
         return bool(twilio.account_sid and twilio.auth_token and twilio.phone_number)
@@ -97,7 +145,7 @@ class LiveCall:
 
     @property
     def can_transfer(self) -> bool:
-        return bool(self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid and self.webhook_base)
+        return self._has_twilio and bool(self.webhook_base)
 
     async def transfer(self, request: TransferRequest) -> None:
         """Redirect the call to dial ``request.number`` once the AI's line has played (see calls/transfer.py)."""
@@ -109,7 +157,7 @@ class LiveCall:
     async def _transfer(self, request: TransferRequest) -> None:
         if not request.say:  # the model was told to say its line now: let it begin before waiting for quiet
             await self._line_begins(TRANSFER_LINE_WAIT_SECS)
-        await self._heard_out()
+        await self._until_quiet(HANG_UP_MAX_WAIT_SECS)
         if self.ending:
             return
         try:
@@ -117,7 +165,7 @@ class LiveCall:
                 await self.transfers.start(self.info, request, self.webhook_base)
             else:
                 twiml = dial_twiml(request, done_url(self.webhook_base, request, self.info))
-                await asyncio.to_thread(redirect_call, self.twilio, self.info.call_sid, twiml)
+                await asyncio.to_thread(update_call, self.twilio, self.info.call_sid, twiml)
         except Exception as exc:  # Twilio said no or cannot be reached: the caller stays with the AI
             logger.error(f"call {self.info.call_sid}: transfer to {request.destination} failed: {twilio_said(exc)}; "
                          "the call goes on")
@@ -151,22 +199,89 @@ class LiveCall:
         while not playback.playing and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
-    async def _heard_out(self) -> None:
-        """Wait until the line has been quiet long enough that what the AI said has fully played (bounded)."""
+    @property
+    def can_send_digits(self) -> bool:
+        return self._has_twilio and self.stream_home is not None
+
+    async def send_digits(self, digits: str) -> float:
+        """Press ``digits`` on the call: replace its TwiML, and go on when Twilio's new stream has started.
+
+        Returns the seconds from the REST update to the new stream's ``start`` (the keys' own time included).
+        Shielded: a caller that stops waiting (the model took its tool call back) does not stop a switch that
+        Twilio may already be making, which would leave the call between two streams.
+        """
+        if not DIGITS.fullmatch(digits):
+            raise ValueError(f"digits must be 1 to 32 of 0-9 * # w, got {shown(repr(digits), 60)}")
+        if not self.can_send_digits or self.stream_home is None:
+            raise RuntimeError("this line has no Twilio account to press keys with (twilio.account_sid, auth_token)")
+        if self.info.next_stream is not None:
+            raise RuntimeError("keys are already being pressed on this call")
+        return await asyncio.shield(self._press(digits, self.stream_home))
+
+    async def _press(self, digits: str, home: StreamHome) -> float:
+        info = self.info
+        await self._until_quiet(DIGITS_QUIET_MAX_WAIT_SECS)
+        loop = asyncio.get_running_loop()
+        moved = info.next_stream = loop.create_future()  # before the update: Twilio's stop may come at once
+        twiml = connect_twiml(home.url, home.parameters(), digits=digits)
+        began = loop.time()
+        timeout = RECONNECT_TIMEOUT_SECS + digits_seconds(digits)
+        try:
+            await asyncio.to_thread(update_call, self.twilio, info.call_sid, twiml)
+            stream = await asyncio.wait_for(asyncio.shield(moved), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"Twilio did not bring the call back on a new stream within {timeout:g} s") from None
+        finally:
+            if not moved.done():
+                moved.set_result(None)  # twilio.input: no new stream is coming (the old one may still run)
+            if info.next_stream is moved and moved.result() is None:
+                info.next_stream = None
+        if stream is None:
+            raise RuntimeError("the call ended while the keys were played")
+        gap = loop.time() - began
+        logger.info(f"call {shown(info.call_sid)}: pressed {len(digits)} keys; back on stream "
+                    f"{shown(info.stream_sid)} after {gap * 1000:.0f} ms")
+        return gap
+
+    async def continue_on(self, stream: TwilioMediaStream) -> bool:
+        """The new stream Twilio opened after :meth:`send_digits`: the call goes on with it.
+
+        Returns False if this call is not moving to a new stream; else holds the stream's handler until the
+        call ends or moves on again, True.
+        """
+        moved = self.info.next_stream
+        if moved is None or moved.done() or stream.start is None:
+            return False
+        previous, released = self._stream_released, asyncio.Event()
+        self._stream_released = released
+        self.info.stream, self.info.stream_sid = stream, stream.start.stream_sid
+        moved.set_result(stream)
+        if previous is not None:
+            previous.set()
+        await released.wait()
+        return True
+
+    def release_stream(self) -> None:
+        """The call is over: a stream handler held by :meth:`continue_on` may end."""
+        if self._stream_released is not None:
+            self._stream_released.set()
+
+    async def _until_quiet(self, max_wait: float) -> None:
+        """Wait until the caller has heard everything sent (quiet for a moment), at most ``max_wait`` s."""
         loop, playback = asyncio.get_running_loop(), self.info.playback
-        deadline, quiet_since = loop.time() + HANG_UP_MAX_WAIT_SECS, None
+        deadline, quiet_since = loop.time() + max_wait, None
         while loop.time() < deadline:
             if playback.playing:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = loop.time()
             elif loop.time() - quiet_since >= HANG_UP_QUIET_SECS:
-                break
+                return
             await asyncio.sleep(0.05)
 
     async def _hang_up(self, reason: str) -> None:
-        await self._heard_out()
+        await self._until_quiet(HANG_UP_MAX_WAIT_SECS)
         self._hanging_up = True  # from here on the hang-up cannot be taken back
-        if self.twilio.account_sid and self.twilio.auth_token and self.info.call_sid:
+        if self._has_twilio:
             await asyncio.to_thread(complete_call, self.twilio, self.info.call_sid)
         await self.end(None, reason, "ai_ended")

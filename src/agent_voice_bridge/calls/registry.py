@@ -19,5 +19,11 @@ class CallRegistry:
     transfers: WarmTransfers | None = None
     """Warm transfers in progress: their callers are on hold, off any stream (see calls/warm_transfer.py)."""
 
+    def moving_to_new_stream(self, call_sid: str) -> LiveCall | None:
+        """The live call with this SID that waits for Twilio's next stream (it is pressing keys), if any."""
+        return next((call for call in self.live.values()
+                     if call.info.call_sid == call_sid and call.info.next_stream is not None
+                     and not call.info.next_stream.done()), None)
+
     async def end_all(self, goodbye: str, reason: str) -> None:
         await asyncio.gather(*(call.end(goodbye, reason, "shutdown") for call in list(self.live.values())))

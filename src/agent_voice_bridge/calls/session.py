@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.calls.handover import move_to_fallback, take_over
-from agent_voice_bridge.calls.live_call import LiveCall
+from agent_voice_bridge.calls.live_call import LiveCall, StreamHome
 from agent_voice_bridge.calls.records import call_began, close_records, open_records
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
@@ -31,12 +31,14 @@ from agent_voice_bridge.pipelines.fallback import load_fallback
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.gate import LINE_PARAMETER
 from agent_voice_bridge.security.signatures import public_url
+from agent_voice_bridge.security.stream_tokens import PARAMETER as TOKEN_PARAMETER
 from agent_voice_bridge.services.transfer import AFTER_TRANSFER, TRANSFER_STATUS, TRANSFERRED_TO
 from agent_voice_bridge.services.transfer_brief import BRIEF, TRANSFER_ROLE
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import ProtocolError
 from agent_voice_bridge.transports.twilio_stream import CLOSE_POLICY, StreamClosed, TwilioMediaStream
+from agent_voice_bridge.transports.twiml import stream_url
 
 START_TIMEOUT_SECS = 10.0
 BRIEF_SPEAKING_SECS = 15.0
@@ -70,6 +72,9 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         metrics.REFUSED.labels("stream_token" if "token" in refusal else "busy").inc()
         await stream.close(CLOSE_POLICY, refusal)
         return
+    moving = calls.moving_to_new_stream(start.call_sid)
+    if moving is not None and await moving.continue_on(stream):
+        return  # the call pressed keys (send_digits) and goes on here; its first stream's handler runs it
     if line is None:
         refusal = f"no line {named!r} on this server" if named else "no line takes this number"
         logger.warning(f"media stream {shown(start.stream_sid)} refused: {refusal}")
@@ -84,8 +89,12 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     briefed = params.get(TRANSFER_ROLE) == BRIEF  # the person of a warm transfer: the AI briefs them at once
     if info.direction == "outbound" and config.outbound.first_turn == "wait_for_hello" and not (back or briefed):
         info.hello_timeout_secs = config.outbound.hello_timeout_secs
+    # Back from a transfer nobody took: a new session of the same call (the old one ended as ``transferred``),
+    # unlike a stream after send_digits, which joined the running call above.
     chain = voicemail_chain() if back == "voicemail" else line.chain
-    live = LiveCall(info, chain, config.twilio, webhook_base=webhook_base(websocket, config), transfers=calls.transfers)
+    base = webhook_base(websocket, config)
+    live = LiveCall(info, chain, config.twilio, webhook_base=base, transfers=calls.transfers,
+                    stream_home=stream_home(base, gate, info))
     if briefed:
         live.brief_deadline(BRIEF_SPEAKING_SECS + float(params.get("briefSecs") or 15))
     if back == "voicemail":  # a message for the person nobody reached: the call's outcome, however it ends
@@ -97,6 +106,18 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
             info.started_at = await call_began(storage, info.call_sid) or info.started_at
         await open_records(storage, info, chain, line.storage)
         await _live(live, stream, calls, gate, line.policy.max_call_seconds)
+
+
+def stream_home(base: str, gate: CallGate, info: CallInfo) -> StreamHome:
+    """Where this call's next stream connects: the bridge's stream URL as Twilio reaches it (``base``, see
+    :func:`webhook_base`), the same parameters, and a fresh one-time token."""
+
+    def parameters() -> dict[str, str]:
+        kept = {k: v for k, v in info.parameters.items() if k != TOKEN_PARAMETER}
+        return {**kept, **gate.stream_parameters(info.call_sid, kept.get("caller", ""), kept.get("callee", ""),
+                                                 info.line)}
+
+    return StreamHome(stream_url(base), parameters)
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,
@@ -115,12 +136,12 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         while running is not None:
             await _run_pipeline(running, live)
             running = await take_over(live)  # the AI failed and its stage names a fallback chain
-        if live.goodbye is not None:
-            await stream.say_goodbye(live.goodbye)
+        if live.goodbye is not None and info.stream is not None:
+            await info.stream.say_goodbye(live.goodbye)  # the call's stream now: keys pressed may have moved it
     except Exception as exc:  # one call's failure must not reach the server or other calls
         live.outcome = "error"
         logger.exception(f"call {shown(info.call_sid)}: pipeline failed: {exc}")
-        await stream.close(CLOSE_INTERNAL_ERROR, "bridge error")
+        await (info.stream or stream).close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
         for pending in (live._hang_up_task, live._transfer_task, live._brief_timer):  # the caller hung up first
@@ -130,6 +151,9 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
         await stream.close()
+        if info.stream is not None and info.stream is not stream:
+            await info.stream.close()
+        live.release_stream()
         await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1

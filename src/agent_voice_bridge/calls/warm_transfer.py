@@ -27,7 +27,7 @@ from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import end_call, place_call, redirect_call, twilio_said
+from agent_voice_bridge.transports.twilio_rest import end_call, place_call, twilio_said, update_call
 from agent_voice_bridge.transports.twiml import connect_twiml, stream_url
 
 BRIEF_CALL, BRIEF_CALLER, BRIEF_CALLEE = "transferCall", "transferCaller", "transferCallee"
@@ -101,7 +101,7 @@ class WarmTransfers:
                                 twiml.url(base, twiml.TRANSFER_DONE_PATH, {**facts, "person": person.call_sid}),
                                 twiml.url(base, twiml.HOLD_PATH, facts))
         try:
-            await asyncio.to_thread(redirect_call, self._twilio, caller_sid, hold)
+            await asyncio.to_thread(update_call, self._twilio, caller_sid, hold)
         except Exception:
             await self._set(caller_sid, WarmState.BACK)
             await self.end_person(person.call_sid, WarmState.DIALLING)
@@ -127,7 +127,7 @@ class WarmTransfers:
         """Redirect the caller from hold to a new stream of the same call, with the news (``status``: how the
         transfer failed, as the AI will word it) (REST)."""
         parameters = twiml.back_parameters(self._gate, call_sid, caller, callee, facts, status)
-        await self._rest(redirect_call, call_sid, connect_twiml(stream_url(base), parameters), "bringing the caller back")
+        await self._rest(update_call, call_sid, connect_twiml(stream_url(base), parameters), "bringing the caller back")
 
     async def end_person(self, person_sid: str, state: WarmState | None) -> None:
         """Cancel the person's call while it rings, hang it up once answered (nobody may wait for nothing)."""
@@ -156,10 +156,10 @@ class WarmTransfers:
         caller_sid = params.get(BRIEF_CALL, "")
         _, after = await self.move(caller_sid, WarmEvent.ACCEPTED if accepted else WarmEvent.DECLINED)
         if after == WarmState.JOINED:
-            await self._rest(redirect_call, person.call_sid, twiml.join_twiml(caller_sid), "joining the person")
+            await self._rest(update_call, person.call_sid, twiml.join_twiml(caller_sid), "joining the person")
             return after
         bye = "Thank you. Goodbye." if after == WarmState.BACK else "Sorry, the caller is no longer waiting. Goodbye."
-        await self._rest(redirect_call, person.call_sid, twiml.goodbye_twiml(bye), "ending the person's call")
+        await self._rest(update_call, person.call_sid, twiml.goodbye_twiml(bye), "ending the person's call")
         if after == WarmState.BACK:
             facts = {"to": params.get("transferTo", ""), "then": params.get(BRIEF_THEN, "back"), "line": person.line}
             if params.get(BRIEF_DIRECTION) == "outbound":

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "mulaw.encode": "agent_voice_bridge.processors.mulaw:MulawEncoder",
     "resample": "agent_voice_bridge.processors.resample:Resampler",
     "vad.interrupter": "agent_voice_bridge.processors.vad_interrupter:VADInterrupter",
+    "keypad": "agent_voice_bridge.processors.keypad_collector:KeypadCollector",
     "echo": "agent_voice_bridge.processors.echo:EchoLine",
     "loopback": "agent_voice_bridge.processors.loopback:Loopback",
     "voicemail": "agent_voice_bridge.processors.voicemail:Voicemail",

@@ -1,4 +1,4 @@
-"""Frames for μ-law audio, which pipecat's PCM frames cannot carry.
+"""Frames pipecat has no type for: μ-law audio, and a keypad entry for the AI.
 
 pipecat's ``InputAudioRawFrame``/``OutputAudioRawFrame`` mean PCM16 to every
 processor that sees them (VAD, services), so Twilio's μ-law travels in its own
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipecat.frames.frames import DataFrame, SystemFrame
+from pipecat.frames.frames import DataFrame, LLMMessagesAppendFrame, SystemFrame
 
 
 @dataclass
@@ -28,3 +28,15 @@ class OutputMulawAudioFrame(DataFrame):
 
     audio: bytes
     sample_rate: int = 8000
+
+
+@dataclass
+class KeypadEntryFrame(LLMMessagesAppendFrame):
+    """Keys the caller pressed as one entry (``keypad``), with the user message that tells the model.
+
+    An ``LLMMessagesAppendFrame`` (``run_llm=True``) so a cascade's user aggregator adds the
+    message and runs the LLM as it would for any append; the speech-to-speech stages take
+    this subclass themselves and send the message as a user turn.
+    """
+
+    keys: str = ""

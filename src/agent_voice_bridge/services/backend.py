@@ -15,21 +15,31 @@ from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.services import caller_verification
 from agent_voice_bridge.services.caller_verification import CallerVerification, Verify
 from agent_voice_bridge.services.templates import render
-from agent_voice_bridge.services.tools import END_CALL, Tool, ToolError, end_call_schema, handler_for, import_tool
+from agent_voice_bridge.services.tools import (
+    BUILT_IN_TOOLS,
+    END_CALL,
+    SEND_DIGITS,
+    TRANSFER,
+    Tool,
+    ToolError,
+    end_call_schema,
+    handler_for,
+    import_tool,
+    send_digits_schema,
+)
+from agent_voice_bridge.services.transfer import (
+    TransferDestination,
+    back_from_transfer,
+    check_destinations,
+    transfer_handler,
+    transfer_schema,
+)
 from agent_voice_bridge.services.transfer_brief import (
     brief_instructions,
     brief_opening,
     brief_schemas,
     briefing,
     register_brief_tools,
-)
-from agent_voice_bridge.services.transfer import (
-    TRANSFER,
-    TransferDestination,
-    back_from_transfer,
-    check_destinations,
-    transfer_handler,
-    transfer_schema,
 )
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -55,7 +65,8 @@ class AgentParams(StageParams):
     greeting: str | None = Field(default=None, description="When set the AI speaks first, saying this "
                                  "(a template like instructions).")
     tools: list[str] = Field(default_factory=list, description="package.module:function tools the model may call, "
-                             "and the built-in 'transfer' (with transfer: destinations).")
+                             "and built-ins by name: send_digits (press keys on the call), transfer (with "
+                             "transfer: destinations).")
     end_call: bool = Field(default=True, description="Let the model hang up (after its goodbye has played).")
     memory: MemoryParams | None = Field(
         default=None, description="Recall the same caller's last calls (from the stored transcripts, see "
@@ -74,15 +85,18 @@ class AgentParams(StageParams):
 
     @model_validator(mode="after")
     def _transfer_has_destinations(self) -> AgentParams:
+        """``transfer:`` destinations offer the built-in ``transfer`` tool (like ``end_call``, no need to list it)."""
         if TRANSFER in self.tools and not self.transfer:
             raise ValueError("tools: transfer needs destinations: transfer: {billing: {number: '+15550188'}}")
+        if self.transfer and TRANSFER not in self.tools:
+            self.tools = [*self.tools, TRANSFER]
         return self
 
     @field_validator("tools")
     @classmethod
     def _importable(cls, paths: list[str]) -> list[str]:
         for path in paths:
-            if path == TRANSFER:
+            if path in BUILT_IN_TOOLS:
                 continue
             try:
                 import_tool(path)
@@ -95,14 +109,16 @@ class AgentParams(StageParams):
         return self.memory is not None and self.memory.verify == "sms" and call is not None and bool(call.memory)
 
     def tool_set(self) -> list[Tool]:
-        return [import_tool(path) for path in self.tools if path != TRANSFER]
+        return [import_tool(path) for path in self.tools if path not in BUILT_IN_TOOLS]
 
     def tools_schema(self, call: CallInfo | None = None) -> ToolsSchema | None:
         if briefing(call):  # the person's leg of a warm transfer: only their decision
             return ToolsSchema(standard_tools=brief_schemas())
         schemas = [t.schema for t in self.tool_set()] + ([end_call_schema()] if self.end_call else [])
-        if self.transfer:
+        if TRANSFER in self.tools:
             schemas.append(transfer_schema(self.transfer))
+        if SEND_DIGITS in self.tools:
+            schemas.append(send_digits_schema())
         if self.verifies_memory(call):
             schemas += caller_verification.schemas()
         return ToolsSchema(standard_tools=schemas) if schemas else None
@@ -194,13 +210,15 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
         return
     for tool in params.tool_set():
         service.register_function(tool.name, handler_for(tool), cancel_on_interruption=False)
-    if params.transfer:
+    if TRANSFER in params.tools:
         service.register_function(TRANSFER, transfer_handler(params.transfer, call), cancel_on_interruption=False)
     if params.verifies_memory(call):
         assert call is not None
         verification = CallerVerification(call)
         service.register_function(caller_verification.SEND_CODE, verification.send_code)
         service.register_function(caller_verification.RECALL, verification.recall)
+    if SEND_DIGITS in params.tools:
+        service.register_function(SEND_DIGITS, _send_digits_handler(call), cancel_on_interruption=False)
     if params.end_call:
 
         async def end_call(args: FunctionCallParams) -> None:
@@ -210,3 +228,24 @@ def register_tools(service, params: AgentParams, call: CallInfo | None) -> None:
                 await call.control.hang_up(reason)
 
         service.register_function(END_CALL, end_call)
+
+
+def _send_digits_handler(call: CallInfo | None):
+    """``send_digits``: the keys are pressed through the call's control; the model hears how it went."""
+
+    async def send_digits(args: FunctionCallParams) -> None:
+        digits = str(args.arguments.get("digits") or "")
+        control = call.control if call is not None else None
+        if control is None or not control.can_send_digits:
+            await args.result_callback({"error": "Keys cannot be pressed on this line (no Twilio account)."})
+            return
+        try:
+            gap = await control.send_digits(digits)
+        except (ValueError, RuntimeError, OSError) as exc:
+            logger.warning(f"send_digits failed: {exc}")
+            await args.result_callback({"error": str(exc)})
+            return
+        await args.result_callback({"result": f"Pressed {' '.join(d for d in digits if d != 'w')}. The line was "
+                                    f"away for {gap:.1f} s and is back: listen for what the menu says next."})
+
+    return send_digits

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from google.genai.types import HttpOptions
+from loguru import logger
 from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -25,6 +26,7 @@ from pydantic import Field
 
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
+from agent_voice_bridge.processors.frames import KeypadEntryFrame
 from agent_voice_bridge.services import early
 from agent_voice_bridge.services.backend import (
     CLOSE_TIMEOUT_SECS,
@@ -162,6 +164,13 @@ class GeminiLive(Stage, BackendWatch, SessionSwitch, ToolCallCancellation, Every
         live.connect = connect_or_claim
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, KeypadEntryFrame):
+            # The caller's keys as a complete user turn (one clientContent, turnComplete): the model answers.
+            if self._session is None:
+                logger.warning(f"{self}: a keypad entry came before the Live session was open; it is dropped")
+            await self._create_single_response(frame.messages)
+            await self.push_frame(frame, direction)
+            return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             messages = [{"role": "user", "content": greeting_prompt(self._greeting)}] if self._greeting else []

@@ -38,7 +38,7 @@ from websockets.protocol import State
 
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, pcm16, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext
-from agent_voice_bridge.processors.frames import InputMulawAudioFrame, OutputMulawAudioFrame
+from agent_voice_bridge.processors.frames import InputMulawAudioFrame, KeypadEntryFrame, OutputMulawAudioFrame
 from agent_voice_bridge.services import early, model_deprecations
 from agent_voice_bridge.services.backend import (
     CLOSE_TIMEOUT_SECS,
@@ -151,6 +151,10 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         if self._mulaw and isinstance(frame, InputMulawAudioFrame):
             await self._send_mulaw(frame.audio)
             return
+        if isinstance(frame, KeypadEntryFrame):
+            await self._answer_keypad(frame)
+            await self.push_frame(frame, direction)
+            return
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             if self._session_limit_secs is not None:
@@ -171,6 +175,22 @@ class OpenAIRealtime(Stage, BackendWatch, OpenAIRealtimeLLMService):
         # next response without making the model speak first.
         if not self._context:
             self._context = LLMContext()
+
+    async def _answer_keypad(self, entry: KeypadEntryFrame) -> None:
+        """The caller's keys as a user message item, then a response (held by pipecat while one runs).
+
+        pipecat's own append sends user messages as ``system`` items and leaves the response to an
+        aggregator this chain does not have. The message also goes into the context, so a session
+        set up later (or again, after a reconnect) gets it with the rest.
+        """
+        if self._context is None:
+            self._context = LLMContext()
+        self._context.add_messages(entry.messages)
+        if self._api_session_ready and not self._llm_needs_conversation_setup:
+            for message in entry.messages:
+                await self._send_message_item(str(message["content"]), role="user")
+        self._results_awaiting_response = True
+        await self._create_response()
 
     def _schedule_polite_end(self, ends_at: float) -> None:
         """Say goodbye the margin before ``ends_at`` (epoch seconds), or before an earlier end already planned."""

@@ -1,4 +1,5 @@
-"""Plain typed Python functions as tools for either model, plus the built-in ``end_call``.
+"""Plain typed Python functions as tools for either model, plus the built-ins ``end_call``, ``send_digits``
+and ``transfer``.
 
 ``tools: [package.module:function, ...]`` in YAML: each function's name, first
 docstring paragraph, typed parameters (and their ``Args:`` descriptions) become
@@ -25,6 +26,11 @@ from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams
 
 END_CALL = "end_call"
+SEND_DIGITS = "send_digits"
+TRANSFER = "transfer"
+BUILT_IN_TOOLS = {SEND_DIGITS: "press keys on the call (an automated menu on an outbound call)",
+                  TRANSFER: "put the caller through to a person (with transfer: destinations)"}
+"""Tools named in ``tools:`` by a bare name rather than an import path; each acts on the call."""
 SLOW_TOOL_SECS = 1.0
 """A tool still running after this long gets the model told so, to speak instead of leaving dead air."""
 STILL_RUNNING = {"status": "running",
@@ -86,7 +92,7 @@ def schema_for(function: Callable[..., Any], name: str | None = None) -> Functio
 def import_tool(path: str) -> Tool:
     module_name, _, attr = path.partition(":")
     if not attr:
-        raise ToolError(f"tool {path!r}: write package.module:function")
+        raise ToolError(f"tool {path!r}: write package.module:function, or a built-in: {', '.join(BUILT_IN_TOOLS)}")
     try:
         function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -103,6 +109,18 @@ def end_call_schema() -> FunctionSchema:
         "has heard it. Use when the caller is done or asks to end the call.",
         properties={"reason": {"type": "string", "description": "Why the call is ending."}},
         required=[],
+    )
+
+
+def send_digits_schema() -> FunctionSchema:
+    return FunctionSchema(
+        name=SEND_DIGITS,
+        description="Press keys on the phone keypad, e.g. to choose an option in an automated menu "
+        "('press 2 for billing') or enter a number it asks for. The line goes quiet for a moment while "
+        "the keys are played; the answer says when you can listen again.",
+        properties={"digits": {"type": "string", "description": "The keys to press, in order: 0-9, * and #; "
+                               "w pauses half a second between keys."}},
+        required=["digits"],
     )
 
 

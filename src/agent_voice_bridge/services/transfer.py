@@ -27,10 +27,10 @@ from pipecat.services.llm_service import FunctionCallParams
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_voice_bridge.phone_numbers import e164
+from agent_voice_bridge.services.tools import TRANSFER
 from agent_voice_bridge.transports.call_control import AfterNoAnswer, TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
 
-TRANSFER = "transfer"
 MAX_SUMMARY_CHARS = 400
 """A warm transfer's brief rides in a signed webhook URL and is spoken to a person waiting to decide: short."""
 DESTINATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")

@@ -61,6 +61,10 @@ class CallInfo:
     """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
     on_key: Callable[[str], Awaitable[None]] | None = None
     """Called with each key the caller presses, when a stage wants them at once (a warm transfer's 1 / 2)."""
+    next_stream: asyncio.Future[TwilioMediaStream | None] | None = None
+    """While the call moves to a new media stream (``send_digits``): the stream it moves to, once Twilio opens it
+    (None: it never came). ``twilio.input`` then reads the new stream instead of taking the old one's ``stop``
+    for a hang-up."""
     caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)
     """Set the first time the caller is heard speaking (a VAD onset, the model's, or a transcription)."""
 

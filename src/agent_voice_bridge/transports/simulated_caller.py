@@ -58,10 +58,12 @@ __all__ = [
     "CallResult",
     "CallSetupError",
     "Dtmf",
+    "KeysAt",
     "Pause",
     "Say",
     "Step",
     "WaitHeard",
+    "WaitKeys",
     "WaitQuiet",
     "WaitReply",
     "load_wav",
@@ -76,6 +78,10 @@ SPEECH_DBFS = -40.0
 """A 20 ms frame louder than this (RMS) counts as speech for utterance bounds."""
 STALE_WINDOW_SECONDS = 0.1
 """Media arriving this soon after a ``clear`` belongs to the interrupted reply."""
+PLAYED_DIGIT_SECONDS = 0.2
+"""How long Twilio takes per key of ``<Play digits>`` in this simulation (Twilio does not document it)."""
+PLAY_DIGITS_PAUSE_SECONDS = 0.5
+"""``w`` in ``<Play digits>``: Twilio documents half a second."""
 TWILIO_API_VERSION = "2010-04-01"
 WS_USER_AGENT = "Twilio.TmeWs/1.0"
 HTTP_USER_AGENT = "TwilioProxy/1.1"
@@ -158,6 +164,25 @@ class Dtmf:
 
 
 @dataclass
+class KeysAt:
+    """Press ``digits`` from ``at`` s on the caller clock, ``gap`` s apart, whatever step the script is in.
+
+    Not a step: given to :func:`run_call` beside the script (``voice-bridge call --digits 1234@3.5``), as a
+    person presses keys when they choose, over the greeting or mid-sentence. The call lasts at least until
+    the last key is pressed. A key press counts as the caller's input for the next wait for a reply.
+    """
+
+    digits: str
+    at: float
+    gap: float = 0.1
+
+
+@dataclass
+class WaitKeys:
+    """Send silence until every :class:`KeysAt` key has been pressed (then, say, ``WaitReply`` for the answer)."""
+
+
+@dataclass
 class Until:
     """Send silence until ``check()`` (sync or async) is true: a look at the server while the call is live.
 
@@ -170,7 +195,7 @@ class Until:
     every: float = 0.1
 
 
-Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until
+Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until | WaitKeys
 
 
 # --------------------------------------------------------------------------- results
@@ -205,6 +230,10 @@ class CallResult:
     started_at: float = 0.0
     """Time 0 of this result's clock (the ``start`` message) on the caller's event-loop clock, which for
     asyncio's loops is ``time.monotonic()``: it relates the call's times to things that happened elsewhere."""
+    stream_sids: list[str] = field(default_factory=list)
+    """Every media stream the call had, in order (a REST update of the call's TwiML starts a new one)."""
+    digits_played: str = ""
+    """Keys Twilio played on the line for the bridge (``<Play digits>``), as the far end heard them."""
 
     def events_of(self, kind: str) -> list[CallEvent]:
         """The events of one kind, in time order."""
@@ -374,9 +403,12 @@ class _Call:
         call_sid: str,
         account_sid: str,
         custom_parameters: dict[str, str],
+        opener: Callable[[str], Awaitable[ClientConnection]] | None = None,
     ) -> None:
         self._ws = ws
+        self._opener = opener  # opens the stream a redirect's <Connect><Stream url> names
         self.stream_sid = stream_sid
+        self.stream_sids = [stream_sid]
         self.call_sid = call_sid
         self.account_sid = account_sid
         self.custom_parameters = custom_parameters
@@ -404,6 +436,16 @@ class _Call:
         self._stale_until: float | None = None  # loop time; reset by the caller's next speech_end
         self._last_media_t = -math.inf
         self._last_played_t = -math.inf  # end of the last frame that held server audio
+        self.digits_played = ""
+        """Keys Twilio played on the line (``<Play digits>``): what the far end heard pressed."""
+        self._keys_due: list[tuple[float, str]] = []  # (caller-clock time, key) still to press, by time
+        self._stream_first_frame = 0  # a stream's chunk and timestamp count from its own start
+        self._between = False  # between a redirect's stop and its new stream: what is sent goes nowhere
+        self._moved: asyncio.Future[bool] | None = None  # a redirect's outcome: True once the new stream is open
+
+    def press_at(self, keys: list[KeysAt]) -> None:
+        due = [(k.at + i * k.gap, digit) for k in keys for i, digit in enumerate(k.digits)]
+        self._keys_due = sorted(self._keys_due + due, key=lambda d: d[0])
 
     # ---- clock and bookkeeping
 
@@ -425,6 +467,8 @@ class _Call:
         if self._closed or (self._stopped and not final):
             return False
         async with self._send_lock:
+            if self._between:
+                return True  # no stream between a redirect's stop and its new stream: nobody hears this
             self._seq += 1
             message = {"event": event, "sequenceNumber": str(self._seq), "streamSid": self.stream_sid, **body}
             try:
@@ -434,7 +478,7 @@ class _Call:
                 return False
         return True
 
-    async def _start(self) -> None:
+    async def _start(self, first: bool = True) -> None:
         try:
             await self._ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         except ConnectionClosed:
@@ -450,7 +494,8 @@ class _Call:
             "customParameters": dict(self.custom_parameters),
         }
         await self._send("start", {"start": start})
-        self._t0 = self._loop.time()
+        if first:
+            self._t0 = self._loop.time()
 
     async def _echo_mark(self, name: str, why: str = "") -> None:
         if await self._send("mark", {"mark": {"name": name}}):
@@ -468,12 +513,15 @@ class _Call:
         delay = self._t0 + self._frames * FRAME_SECONDS - self._loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        while self._keys_due and self._keys_due[0][0] <= self.now() + 1e-9:
+            if not await self._press(self._keys_due.pop(0)[1]):
+                return False
         k = self._frames
         wire = mulaw.encode_array(pcm)
         media = {
             "track": "inbound",
-            "chunk": str(k + 1),
-            "timestamp": str(k * 20),
+            "chunk": str(k - self._stream_first_frame + 1),
+            "timestamp": str((k - self._stream_first_frame) * 20),
             "payload": base64.b64encode(wire).decode("ascii"),
         }
         if not await self._send("media", {"media": media}):
@@ -526,8 +574,11 @@ class _Call:
                 await self._dtmf(step)
             elif isinstance(step, Until):
                 await self._until(step)
+            elif isinstance(step, WaitKeys):
+                await self._wait_keys()
             else:
                 raise TypeError(f"not a call step: {step!r}")
+        await self._wait_keys()
         await self._silence(tail)
 
     async def _say(self, step: Say) -> None:
@@ -615,21 +666,37 @@ class _Call:
 
     async def _dtmf(self, step: Dtmf) -> None:
         for digit in step.digits:
-            if not await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}}):
+            if not await self._press(digit) or not await self._silence(step.gap):
                 return
-            self._event("dtmf", digit)
-            if not await self._silence(step.gap):
-                return
+
+    async def _wait_keys(self) -> None:
+        while self._keys_due and await self._tick(_SILENT_FRAME):
+            pass
+
+    async def _press(self, digit: str) -> bool:
+        if not await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}}):
+            return False
+        self._event("dtmf", digit)
+        self._last_onset = self.now()  # what the line says next answers the key, as it would an utterance
+        return True
 
     # ---- receiving
 
     async def receive_loop(self) -> None:
-        """Handle server messages until the socket closes; never lets one bad message end the call."""
+        """Handle server messages until the socket closes; never lets one bad message end the call.
+
+        A redirect closes the socket and opens the next: reading goes on there, on the same call.
+        """
         try:
-            async for message in self._ws:
-                await self._handle(message)
-        except ConnectionClosed:
-            pass
+            while True:
+                try:
+                    async for message in self._ws:
+                        await self._handle(message)
+                except ConnectionClosed:
+                    pass
+                moved, self._moved = self._moved, None
+                if moved is None or not await moved:
+                    break
         finally:
             self._closed = True
             by = "caller" if self._stopped else "server"
@@ -689,6 +756,83 @@ class _Call:
         for name in pending:
             await self._echo_mark(name, "cleared")
 
+    # ---- Twilio's side of a REST update of the live call
+
+    async def redirect(self, twiml: str) -> None:
+        """The call's TwiML was replaced (``calls(sid).update(twiml=…)``): do what Twilio does.
+
+        The current ``<Connect><Stream>`` ends: a ``stop``, and the socket closes; audio Twilio still held
+        for it is dropped and its marks never come back. Then the new TwiML runs: ``<Play digits>`` plays
+        each key to the far end (an event ``digit_played``; ``w`` is half a second), ``<Pause length>``
+        waits, ``<Connect><Stream>`` opens a new stream (new streamSid, same callSid, its own
+        ``<Parameter>``s, sequence numbers and media timestamps from the start), ``<Hangup>`` or the end
+        of the document ends the call. The caller's clock runs on throughout: what they say in the gap is
+        sent nowhere.
+        """
+        try:
+            root = ET.fromstring(twiml)
+        except ET.ParseError as exc:
+            self._event("bad_redirect", f"not XML: {exc}")
+            return
+        async with self._send_lock:
+            if self._closed or self._stopped or self._between:
+                return
+            self._between = True
+            moved = self._moved = self._loop.create_future()
+            self._seq += 1
+            stop = {"event": "stop", "sequenceNumber": str(self._seq), "streamSid": self.stream_sid,
+                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}}
+            try:
+                await self._ws.send(json.dumps(stop))
+            except ConnectionClosed:
+                pass
+        self._event("stop", "the call's TwiML was replaced")
+        await self._ws.close()
+        self._playback.clear()
+        connected = False
+        try:
+            for verb in root:
+                if verb.tag == "Play" and verb.get("digits"):
+                    for key in verb.get("digits", ""):
+                        if key in "wW":
+                            await asyncio.sleep(PLAY_DIGITS_PAUSE_SECONDS)
+                        else:
+                            self._event("digit_played", key)
+                            self.digits_played += key
+                            await asyncio.sleep(PLAYED_DIGIT_SECONDS)
+                elif verb.tag == "Pause":
+                    await asyncio.sleep(float(verb.get("length", "1")))
+                elif verb.tag == "Connect" and verb.find("Stream") is not None:
+                    connected = await self._restream(verb.find("Stream"))  # type: ignore[arg-type]
+                    break
+                else:  # <Hangup/> or anything this simulation does not play
+                    break
+        finally:
+            if not connected:
+                self._event("redirect_ended", "no new stream: the call is over")
+                self._closed = True
+            moved.set_result(connected)
+
+    async def _restream(self, stream: ET.Element) -> bool:
+        url = stream.get("url", "")
+        if self._opener is None or self._stopped or not url:
+            return False
+        try:
+            ws = await self._opener(url)
+        except CallSetupError as exc:
+            self._event("redirect_failed", str(exc)[:120])
+            return False
+        self._ws = ws
+        self.stream_sid = _sid("MZ")
+        self.stream_sids.append(self.stream_sid)
+        self.custom_parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")
+                                  if p.get("name")}
+        self._seq = 0
+        self._stream_first_frame = self._frames
+        self._between = False  # the new stream's connected/start go out now, ahead of its first media frame
+        await self._start(first=False)
+        return True
+
     # ---- ending
 
     async def wait_returned(self, timeout: float) -> None:
@@ -701,6 +845,9 @@ class _Call:
             await asyncio.wait_for(self._returned.wait(), timeout)
         except TimeoutError:
             pass
+
+    async def close(self) -> None:
+        await self._ws.close()
 
     async def hang_up(self) -> None:
         """Send ``stop`` as the last message and close with 1000, unless the server already closed."""
@@ -728,6 +875,8 @@ class _Call:
             call_sid=self.call_sid,
             custom_parameters=dict(self.custom_parameters),
             started_at=self._t0,
+            stream_sids=list(self.stream_sids),
+            digits_played=self.digits_played,
         )
 
 
@@ -749,6 +898,8 @@ async def run_call(
     account_sid: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     linger: float = 0.0,
+    keys: list[KeysAt] | None = None,
+    redirects: dict[str, Callable[[str], object]] | None = None,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -766,6 +917,9 @@ async def run_call(
     ``linger`` (measuring echo lines): before hanging up, send nothing more and keep
     listening until as much audio has come back as was sent, or ``linger`` seconds pass;
     without it the reply to the last frame or two is still on the wire at hang-up.
+    ``keys``: key presses at set times on the caller clock, beside the script (see :class:`KeysAt`).
+    ``redirects``: while the call is live, ``redirects[call_sid](twiml)`` (callable from any thread, e.g. a
+    fake Twilio REST server's) replaces the call's TwiML as Twilio's REST update does (see ``_Call.redirect``).
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -786,7 +940,20 @@ async def run_call(
     if auth_token:
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(stream_url, {})
     ws = await _open_stream(stream_url, headers, connect_timeout, ssl_context)
-    call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params)
+
+    async def open_next(next_url: str) -> ClientConnection:
+        resolved = _resolve_stream_url(stream_url, next_url)
+        signed = dict(ws_headers or {})
+        if auth_token:
+            signed["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(resolved, {})
+        return await _open_stream(resolved, signed, connect_timeout, ssl_context)
+
+    call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params,
+                 opener=open_next)
+    call.press_at(keys or [])
+    loop = asyncio.get_running_loop()
+    if redirects is not None:
+        redirects[call_sid] = lambda twiml: asyncio.run_coroutine_threadsafe(call.redirect(twiml), loop)
     receiver: asyncio.Task[None] | None = None
     try:
         await call._start()
@@ -799,7 +966,9 @@ async def run_call(
     finally:
         if receiver is not None and not receiver.done():
             receiver.cancel()
-        await ws.close()
+        if redirects is not None:
+            redirects.pop(call_sid, None)
+        await call.close()
     return call.result()
 
 

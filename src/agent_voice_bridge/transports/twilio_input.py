@@ -4,14 +4,17 @@ The server has already read ``connected`` and ``start`` (it needs the call's fac
 to build the chain); this stage reads the rest. Mark echoes go to the call's
 playback tracker rather than down the chain, since they describe what the caller
 heard, not what they said. When the caller hangs up (``stop`` or a closed socket)
-it cancels the pipeline: there is nobody left to flush audio to. When the call moves
-to a fallback chain (``call.handover``), this input stops reading and the next chain's
-input takes over the stream, starting with any event this one had in hand.
+it cancels the pipeline: there is nobody left to flush audio to, unless the call is
+moving to a new stream (``send_digits`` replaced its TwiML): then it reads on from the
+new stream when the session hands it over. When the call moves to a fallback chain
+(``call.handover``), this input stops reading and the next chain's input takes over the
+stream, starting with any event this one had in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
@@ -33,6 +36,9 @@ from agent_voice_bridge.processors.audio_stage import hand_on
 from agent_voice_bridge.processors.frames import InputMulawAudioFrame
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.transports.twilio_protocol import Dtmf, Mark, Media, Stop
+
+SILENT_FRAME = b"\xff" * 160
+"""20 ms of μ-law silence."""
 
 
 class TwilioInput(Stage, FrameProcessor):
@@ -102,11 +108,33 @@ class TwilioInput(Stage, FrameProcessor):
             elif isinstance(event, Dtmf):
                 await self._push_dtmf(event.digit)
             elif event is None or isinstance(event, Stop):
+                if self._call.next_stream is not None and await self._move_on():
+                    stream = self._stream
+                    continue
                 break
         reason = "caller hung up" if event is not None else "stream closed"
         logger.info(f"call {shown(self._call.call_sid)}: {reason}")
         self._reader = None
         await self.push_frame(CancelWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
+
+    async def _move_on(self) -> bool:
+        """The stream ended because the call is moving to a new one: wait for it; False if none comes."""
+        moved = self._call.next_stream
+        assert moved is not None
+        stopped = time.monotonic()
+        stream = await asyncio.shield(moved)  # send_digits resolves it, with None on any failure
+        self._call.next_stream = None
+        if stream is None:
+            return False
+        self._stream = stream
+        if self._call.recorder is not None:  # the gap as silence, so the caller's audio after it keeps its time
+            self._call.recorder.caller_audio(SILENT_FRAME * round((time.monotonic() - stopped) * 50))
+        playback = self._call.playback
+        if playback.playing:  # what Twilio still held for the old stream went with it
+            playback.on_clear()
+            if playback.on_idle is not None:
+                await playback.on_idle()
+        return True
 
     async def _push_dtmf(self, digit: str) -> None:
         try:

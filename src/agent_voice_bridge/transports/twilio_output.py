@@ -11,6 +11,10 @@ first audio leaves and ``BotStoppedSpeakingFrame`` when its last mark comes back
 it is cleared; ``vad.interrupter`` uses them to know the caller is talking over
 the agent. Audio frames marked ``interruptible=False`` (``loopback``) are sent
 without marks and never count as the agent speaking.
+
+pipecat's ``OutputDTMFFrame``/``OutputDTMFUrgentFrame`` (a stage's way to press keys)
+become the call's ``send_digits``: Twilio has no key message on the stream, so the call
+moves to a new stream around the keys (see ``calls.live_call``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMContextUserTurnFrame,
     MetricsFrame,
+    OutputDTMFFrame,
+    OutputDTMFUrgentFrame,
     ProposedUserStartedSpeakingFrame,
     TranscriptionFrame,
     TTSStartedFrame,
@@ -43,6 +49,7 @@ from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, re
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.processors.audio_stage import AudioSink
 from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
+from agent_voice_bridge.transports.call_control import CallControl
 from agent_voice_bridge.transports.call_info import CallInfo
 
 BYTES_PER_MS = 8  # 8 kHz μ-law
@@ -77,8 +84,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         super().__init__(enable_direct_mode=True, **kwargs)
         if call.stream is None:
             raise ValueError("twilio.output needs a call with a media stream")
-        self._call = call
-        self._stream = call.stream
+        self._call = call  # its stream, not a copy: pressing keys (send_digits) moves the call to a new one
         self._playback = call.playback
         self._mark_every_ms = mark_every_ms
         self._unmarked_ms = 0.0
@@ -107,6 +113,8 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             await self._interrupt()
         elif isinstance(frame, (TTSStartedFrame, TTSStoppedFrame)):
             await self._end_segment()
+        elif isinstance(frame, (OutputDTMFFrame, OutputDTMFUrgentFrame)):
+            self._press(frame.to_string())
         self._note(frame)
         await self.push_frame(frame, direction)
 
@@ -116,6 +124,21 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             await self._send_audio(frame)
         else:
             await self.queue_frame(frame, FrameDirection.DOWNSTREAM)
+
+    def _press(self, digits: str) -> None:
+        """Keys a stage asked for: pressed by the call, off the audio path (the stream switch takes a moment)."""
+        control = self._call.control
+        if control is None or not control.can_send_digits:
+            logger.warning(f"call {self._call.call_sid}: a stage asked to press keys, but this line cannot "
+                           "(no Twilio account)")
+            return
+        self.create_task(self._send_digits(control, digits), name="send_digits")
+
+    async def _send_digits(self, control: CallControl, digits: str) -> None:
+        try:
+            await control.send_digits(digits)
+        except (ValueError, RuntimeError, OSError) as exc:
+            logger.warning(f"call {self._call.call_sid}: pressing keys failed: {exc}")
 
     def _note(self, frame: Frame) -> None:
         """What the latency figures, the call's journal and its opening line learn from frames passing by."""
@@ -143,7 +166,8 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             journal.add_usage(token_usage(frame))
 
     async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
-        stream = self._stream
+        stream = self._call.stream
+        assert stream is not None
         await stream.send(stream.messages.media(frame.audio))
         if self._call.recorder is not None:
             self._call.recorder.agent_audio(frame.audio)
@@ -169,7 +193,9 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         name = self._playback.next_mark()
         if self._call.recorder is not None:
             self._call.recorder.mark_sent(name)  # before the send: its echo may be read during the await
-        await self._stream.send(self._stream.messages.mark(name))
+        stream = self._call.stream
+        assert stream is not None
+        await stream.send(stream.messages.mark(name))
 
     async def _end_segment(self) -> None:
         if self._in_segment and self._unmarked_ms > 0:
@@ -181,7 +207,9 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         self._unmarked_ms = 0.0
         if not self._playback.playing and not self._speaking:
             return
-        await self._stream.send(self._stream.messages.clear())
+        stream = self._call.stream
+        assert stream is not None
+        await stream.send(stream.messages.clear())
         heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1

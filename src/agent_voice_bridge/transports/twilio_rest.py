@@ -1,4 +1,4 @@
-"""Twilio's REST API, for what the bridge asks of Twilio itself: placing, redirecting and hanging up calls.
+"""Twilio's REST API, for what the bridge asks of Twilio itself: placing a call, changing or hanging one up.
 
 The ``twilio`` package does the HTTP (it is synchronous: callers run these in a
 thread). ``twilio.api_base_url`` points it elsewhere (a proxy, or the fake Twilio
@@ -73,6 +73,8 @@ def place_call(twilio: TwilioConfig, *, to: str, answer_url: str, status_url: st
 
 def twilio_said(exc: Exception) -> str:
     """Twilio's error as one plain line (the package's own ``str`` adds terminal colours on a tty)."""
+    if isinstance(exc, OutboundError):  # already one plain line (update_call, place_call)
+        return shown(str(exc), 300)
     status = getattr(exc, "status", None)
     message = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or ""
     code = getattr(exc, "code", None)
@@ -104,11 +106,6 @@ def send_text(twilio: TwilioConfig, to: str, body: str) -> None:
     rest_client(twilio).messages.create(to=to, from_=twilio.phone_number, body=body)
 
 
-def redirect_call(twilio: TwilioConfig, call_sid: str, twiml: str) -> None:
-    """Give a live call new TwiML (its media stream ends, the new verbs run); raises what the twilio package raises."""
-    rest_client(twilio).calls(call_sid).update(twiml=twiml)
-
-
 def end_call(twilio: TwilioConfig, call_sid: str, status: str) -> None:
     """Cancel a ringing call (``canceled``) or hang up a live one (``completed``); raises as the twilio package does."""
     rest_client(twilio).calls(call_sid).update(status=status)
@@ -117,6 +114,19 @@ def end_call(twilio: TwilioConfig, call_sid: str, status: str) -> None:
 def complete_call(twilio: TwilioConfig, call_sid: str) -> None:
     """Hang up through Twilio's REST API, so the call ends even if TwiML follows <Connect>."""
     try:
-        rest_client(twilio).calls(call_sid).update(status="completed")
+        end_call(twilio, call_sid, "completed")
     except Exception as exc:  # closing the stream still ends the call
         logger.warning(f"call {call_sid}: REST hang-up failed ({exc.__class__.__name__}); closing the stream")
+
+
+def update_call(twilio: TwilioConfig, call_sid: str, twiml: str) -> None:
+    """Replace a live call's TwiML (its current verb, a ``<Connect><Stream>``, ends at once and the new verbs run:
+    keys to press, a transfer, hold, back to the bridge); raises ``TwilioRefused`` / ``TwilioUnreachable``."""
+    from twilio.base.exceptions import TwilioException
+
+    try:
+        rest_client(twilio).calls(call_sid).update(twiml=twiml)
+    except TwilioException as exc:
+        raise TwilioRefused(f"Twilio refused to update call {shown(call_sid)}: {twilio_said(exc)}") from None
+    except requests.RequestException as exc:
+        raise TwilioUnreachable(f"could not reach Twilio's API at {api_host(twilio)}: {unreachable_why(exc)}") from None

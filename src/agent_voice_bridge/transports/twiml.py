@@ -1,4 +1,7 @@
-"""The TwiML that connects a call to the bridge's media stream: a new call's, or one coming back from a transfer."""
+"""The TwiML that puts a call on the bridge's media stream, built with the ``twilio`` package.
+
+A new call's, one coming back from a transfer, and one that presses keys first (``digits``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,16 @@ def stream_url(base: str) -> str:
     return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + STREAM_PATH
 
 
-def connect_twiml(url: str, parameters: dict[str, str]) -> str:
+def connect_twiml(url: str, parameters: dict[str, str], *, digits: str | None = None) -> str:
+    """``<Connect><Stream url>`` with its ``<Parameter>``s; with ``digits``, a ``<Play digits>`` before it.
+
+    The second form is what the bridge sends to press keys on a live call: Twilio has no way to play
+    DTMF into a media stream, so the call's TwiML is replaced; the stream ends, the keys play, and a
+    new stream connects to the same call.
+    """
     response = VoiceResponse()
+    if digits:
+        response.play(digits=digits)
     connect = Connect()
     stream = connect.stream(url=url)
     for name, value in parameters.items():

@@ -22,7 +22,8 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.web.webhooks import SignedWebhooks, connect_twiml
+from agent_voice_bridge.transports.twiml import connect_twiml
+from agent_voice_bridge.web.webhooks import SignedWebhooks
 
 NOT_CONNECTED = {"busy", "no_answer", "failed", "canceled"}
 """Final statuses of a call that never reached the stream: they are its outcome too."""

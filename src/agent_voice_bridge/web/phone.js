@@ -77,6 +77,7 @@
     playedLevels: [], // dB of every 20 ms the speaker played
     markEchoes: [], // {t, name, cleared}: when each mark went back (its audio played, or a clear dropped it)
     transcripts: [],
+    keys: '', // every key pressed on this call, in order (sent as Twilio's dtmf messages)
   };
   window.softphone = phone;
 
@@ -118,6 +119,8 @@
     you = { speaking: false, loudRun: 0, lastLoud: -1, start: 0, end: -1, awaitingReply: false };
     agent = { playing: false, since: 0, lastDrain: -10 };
     lanes = { you: [], agent: [], youSpans: [], agentSpans: [], clears: [], latencies: [] };
+    phone.keys = '';
+    $('keys').textContent = 'none';
     $('events').textContent = '';
     $('transcript').querySelectorAll('li:not(.none)').forEach((li) => li.remove());
   }
@@ -151,6 +154,7 @@
     $('mute').disabled = state !== 'live';
     $('raw').disabled = busy;
     $('line').disabled = busy;
+    for (const key of $('keypad').querySelectorAll('button')) key.disabled = state !== 'live';
   }
 
   async function api(path) {
@@ -299,6 +303,19 @@
   }
 
   // ---- caller → server
+
+  // A key press is one `dtmf` message on the stream, numbered like every other (Twilio sends these on
+  // bidirectional streams); the bridge's keypad stage, if the chain has one, tells the AI.
+  function pressKey(key) {
+    if (phone.state !== 'live' || !/^[0-9*#]$/.test(key)) return false;
+    seq++;
+    if (!send({ event: 'dtmf', sequenceNumber: String(seq), streamSid: phone.streamSid,
+      dtmf: { track: 'inbound_track', digit: key } })) return false;
+    phone.keys += key;
+    $('keys').textContent = phone.keys;
+    event('dtmf', key);
+    return true;
+  }
 
   function onCaptureFrame(msg) {
     if (msg.type !== 'frame' || phone.state !== 'live') return;
@@ -704,8 +721,13 @@
   $('mute').addEventListener('click', () => setMuted(!muted));
   $('pipeline').addEventListener('change', showStages);
   $('line').addEventListener('change', showLine);
+  $('keypad').addEventListener('click', (e) => { if (e.target.dataset.key) pressKey(e.target.dataset.key); });
+  document.addEventListener('keydown', (e) => {
+    if (phone.state === 'live' && !e.repeat && !e.ctrlKey && !e.metaKey && !e.altKey && e.target.tagName !== 'SELECT'
+        && pressKey(e.key)) e.preventDefault();
+  });
   window.addEventListener('beforeunload', () => { if (phone.state === 'live') hangUp(); });
-  Object.assign(phone, { call, hangUp, setMuted });
+  Object.assign(phone, { call, hangUp, setMuted, pressKey });
   loadPipelines();
   requestAnimationFrame(frame);
 })();

@@ -37,7 +37,7 @@ from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.transports.call_info import CallInfo
 from agent_voice_bridge.web.api_key import key_matches, presented_key
-from agent_voice_bridge.web.webhooks import STREAM_PATH
+from agent_voice_bridge.transports.twiml import STREAM_PATH
 
 STATIC_FILES = {
     "phone.js": "text/javascript; charset=utf-8",

@@ -32,7 +32,8 @@ from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.storage import CallStore
-from agent_voice_bridge.web.webhooks import SignedWebhooks, connect_twiml
+from agent_voice_bridge.transports.twiml import connect_twiml
+from agent_voice_bridge.web.webhooks import SignedWebhooks
 
 TAKEN = {"completed", "answered"}
 """DialCallStatus values that mean the person took the call."""

@@ -10,8 +10,7 @@ from agent_voice_bridge.pipelines.config import ServerConfig
 from agent_voice_bridge.security import CallGate
 from agent_voice_bridge.security.signatures import public_url
 from agent_voice_bridge.sids import is_call_sid
-from agent_voice_bridge.transports.twiml import STREAM_PATH, connect_twiml, stream_url  # noqa: F401  (used by the webhooks)
-
+from agent_voice_bridge.transports.twiml import stream_url
 
 
 class SignedWebhooks:
