@@ -8,6 +8,7 @@ simulated caller over a real WebSocket, on both legs of a call that comes back.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.report import call_report
 from agent_voice_bridge.transports.simulated_caller import (
     CallResult,
+    Dtmf,
     Pause,
     Say,
+    Until,
     WaitHeard,
     WaitQuiet,
     parse_twiml,
@@ -90,6 +93,41 @@ async def test_gemini_transfers_the_call_to_billing_and_the_record_says_so(tmp_p
         "billing", "+15550188000", "completed")
     assert turns, "the transcript so far stays with the call"
     assert "transfer   to billing (+15550188000): completed" in call_report(record, turns)
+
+
+async def test_a_call_that_pressed_keys_is_transferred_from_its_new_stream(tmp_path: Path) -> None:
+    """send_digits moves the call to a new stream (same call, same session); a transfer after that is made of the
+    same call: both are REST updates of its SID, and it ends as one call, transferred, even though Twilio's stop
+    (it took the update) reaches the bridge before Twilio's answer to the update does."""
+    port = free_port()
+    script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "billing", "reason": "an invoice"}})
+    async with FakeGeminiLive(script=script) as fake:
+        with FakeTwilioRest(ACCOUNT, TOKEN) as twilio:
+            twilio.answer_late = 2.0  # the stream's stop reaches the bridge well before the REST answer
+            yaml_text = gemini_chain(fake, turn_detection="model", vad=False).replace(
+                "      voice: Kore\n", "      voice: Kore\n" + DESTINATIONS).replace(
+                "  - twilio.input\n", "  - twilio.input\n  - stages.keys:PressOnPound\n")  # presses 9 on #
+            with LiveServer(with_twilio(yaml_text, port, twilio.url, tmp_path), port=port) as server:
+
+                def on_new_stream() -> bool:  # the call's first stream handler runs it on the stream after the keys
+                    return any(key.split("/")[1] != live.info.stream_sid for key, live in server.calls.live.items())
+
+                result = await run_call(server.http_url, [
+                    Pause(0.3), Dtmf("#"), Until(on_new_stream, timeout=15), Say(speech("vm-goodbye")),
+                    WaitQuiet(idle=5.0)], from_number=CALLER, to_number=OUR_NUMBER, auth_token=TOKEN,
+                    account_sid=ACCOUNT, redirects=twilio.redirects)
+                server.wait_idle(finished=1)
+                finished = server.calls.finished
+                record = server.db(CallStore.get_call, result.call_sid)
+    print(result.timeline())
+    keys, dial = redirects(twilio)
+    assert keys["call"] == dial["call"] == result.call_sid
+    assert [verb.tag for verb in ET.fromstring(keys["Twiml"])] == ["Play", "Connect"]
+    assert [verb.tag for verb in ET.fromstring(dial["Twiml"])] == ["Say", "Dial"]
+    assert result.digits_played == "9" and len(result.stream_sids) == 2
+    assert not result.events_of("timeout"), "the call reached its new stream before the caller spoke"
+    assert finished == 1, "one call: the stream after the keys joined it, the transfer ended it"
+    assert record is not None and (record.outcome, record.transfer_destination) == ("transferred", "billing")
 
 
 async def test_a_model_slow_to_say_its_line_is_heard_before_the_call_is_transferred(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ refuses it (400, error 12100), and nothing happens to the call.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import threading
@@ -99,6 +100,9 @@ class FakeTwilioRest:
         self.messages: list[dict[str, str]] = []
         self.redirects: dict[str, Callable[[str], object]] = {}
         """Live simulated calls by SID (``run_call(redirects=…)``): where an update's new TwiML is played."""
+        self.answer_late: float | None = None
+        """Seconds: an update's answer waits until the simulated call has played the new TwiML (the old stream's
+        ``stop`` sent), and this long more: Twilio's answer may come after the stream has ended (a slow network)."""
         self.outage: tuple[int, str, str] | None = None
         """(status, content type, body): set it and every API request gets that answer (an outage, a proxy's page)."""
         self._validator = RequestValidator(auth_token)
@@ -158,7 +162,10 @@ class FakeTwilioRest:
             self.updates.append({"call": call_sid, **form})
             redirect = self.redirects.get(call_sid)
             if twiml is not None and redirect is not None:
-                redirect(twiml)  # runs on the call's own loop, after this answer: Twilio's update returns at once
+                played = redirect(twiml)  # runs on the call's own loop: Twilio's update returns at once
+                if self.answer_late is not None:
+                    await asyncio.wait_for(asyncio.wrap_future(played), 30)
+                    await asyncio.sleep(self.answer_late)
             return {"sid": call_sid, "account_sid": account, "status": form.get("Status", "in-progress")}
 
         @app.post(API + "/Messages.json")

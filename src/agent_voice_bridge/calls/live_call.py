@@ -38,7 +38,13 @@ from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import TwilioConfig
 from agent_voice_bridge.transports.call_control import TransferRequest
 from agent_voice_bridge.transports.call_info import CallInfo
-from agent_voice_bridge.transports.twilio_rest import complete_call, send_text, twilio_said, update_call
+from agent_voice_bridge.transports.twilio_rest import (
+    TWILIO_TIMEOUT_SECS,
+    complete_call,
+    send_text,
+    twilio_said,
+    update_call,
+)
 from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
 from agent_voice_bridge.transports.twiml import connect_twiml
 
@@ -97,6 +103,8 @@ class LiveCall:
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
+    _transfer_sent: bool = False
+    """The transfer's REST update is out: the stream's end (Twilio stops it taking the update) is the transfer's."""
     _decided: bool = False
     _brief_timer: asyncio.TimerHandle | None = None
     _stream_released: asyncio.Event | None = None
@@ -160,6 +168,7 @@ class LiveCall:
         await self._until_quiet(HANG_UP_MAX_WAIT_SECS)
         if self.ending:
             return
+        self._transfer_sent = True
         try:
             if request.warm and self.transfers is not None:
                 await self.transfers.start(self.info, request, self.webhook_base)
@@ -169,6 +178,7 @@ class LiveCall:
         except Exception as exc:  # Twilio said no or cannot be reached: the caller stays with the AI
             logger.error(f"call {self.info.call_sid}: transfer to {request.destination} failed: {twilio_said(exc)}; "
                          "the call goes on")
+            self._transfer_sent = False
             self._transfer_task = None
             return
         logger.info(f"call {self.info.call_sid}: transferred to {request.destination} "
@@ -177,6 +187,22 @@ class LiveCall:
         if self.info.journal is not None:
             self.info.journal.update(transfer_destination=request.destination, transfer_to=request.number)
         await self.end(None, f"transferred to {request.destination}", "transferred")
+
+    async def settle_transfer(self) -> None:
+        """The pipeline has ended: a transfer whose REST update is out gets to finish, so the call's outcome is the
+        transfer's (Twilio stops the stream as it takes the update: that ``stop`` may come before the REST answer);
+        one still waiting for the AI's line to play is dropped (the caller hung up first)."""
+        task = self._transfer_task
+        if task is None or task.done():
+            return
+        if not self._transfer_sent:
+            task.cancel()
+            return
+        try:
+            # a warm transfer makes two requests (ring the person, put the caller on hold), each bounded
+            await asyncio.wait_for(asyncio.shield(task), 2 * TWILIO_TIMEOUT_SECS + 1.0)
+        except TimeoutError:
+            logger.warning(f"call {shown(self.info.call_sid)}: Twilio did not answer the transfer's update in time")
 
     async def answer_transfer(self, accepted: bool) -> None:
         """The person being briefed (a warm transfer's ``brief: ai``) decided: see WarmTransfers.decide."""

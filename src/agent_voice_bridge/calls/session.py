@@ -144,7 +144,8 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         await (info.stream or stream).close(CLOSE_INTERNAL_ERROR, "bridge error")
     finally:
         limit.cancel()
-        for pending in (live._hang_up_task, live._transfer_task, live._brief_timer):  # the caller hung up first
+        await live.settle_transfer()
+        for pending in (live._hang_up_task, live._brief_timer):  # the caller hung up first
             if pending is not None:
                 pending.cancel()
         metrics.LIVE_CALLS.labels(info.line).dec()

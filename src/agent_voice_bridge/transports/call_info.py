@@ -60,7 +60,8 @@ class CallInfo:
     hello_timeout_secs: float | None = None
     """Set on outbound calls that wait for the callee's hello before the AI greets (see services/opening)."""
     on_key: Callable[[str], Awaitable[None]] | None = None
-    """Called with each key the caller presses, when a stage wants them at once (a warm transfer's 1 / 2)."""
+    """Called with each key the caller presses, when a stage wants them at once (a warm transfer's 1 / 2); fed by
+    ``twilio.input`` right where it pushes the key's ``InputDTMFFrame``, on whichever stream the call is on now."""
     next_stream: asyncio.Future[TwilioMediaStream | None] | None = None
     """While the call moves to a new media stream (``send_digits``): the stream it moves to, once Twilio opens it
     (None: it never came). ``twilio.input`` then reads the new stream instead of taking the old one's ``stop``
