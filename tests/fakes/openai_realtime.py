@@ -1131,7 +1131,7 @@ class FakeRealtimeSession:
         words = opts.reply_transcript.split()
         said: list[str] = []
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = loop.time() + opts.audio_delay
         interval = (opts.chunk_ms / 1000 / opts.pace) if opts.pace > 0 else 0.0
         cancelled = False
         if audio_mode:
@@ -1257,6 +1257,8 @@ class FakeOpenAIRealtime:
     * ``created_delay`` – seconds between the upgrade and ``session.created`` (the real server
       takes a moment; whatever the client appends meanwhile is read in the format the session
       has when the fake gets to it: the default ``audio/pcm`` 24 kHz until a ``session.update``).
+    * ``audio_delay`` – seconds a response waits before its first audio delta (a model slow to answer;
+      cancellable like the rest of the response).
     * ``session_seconds`` – the session's length: ``session.created`` carries
       ``expires_at`` = now + this (GA sessions: 60 minutes today).
     """
@@ -1280,6 +1282,7 @@ class FakeOpenAIRealtime:
         send_rate_limits: bool = True,
         created_delay: float = 0.0,
         session_seconds: float = 3600.0,
+        audio_delay: float = 0.0,
     ) -> None:
         if fail not in (None, "refuse", "drop_mid_response"):
             raise ValueError(f"unknown fail mode {fail!r}")
@@ -1301,6 +1304,7 @@ class FakeOpenAIRealtime:
         self.send_rate_limits = send_rate_limits
         self.created_delay = created_delay
         self.session_seconds = session_seconds
+        self.audio_delay = audio_delay
         self.sessions: list[FakeRealtimeSession] = []
         self.handshakes: list[Handshake] = []
         self._server: Server | None = None

@@ -6,6 +6,9 @@ mark once the audio before it has played, or at once after a ``clear``. So the
 bridge knows, without pacing timers of its own, whether the agent is still audible
 and how many milliseconds of a segment reached the caller's ear before a barge-in
 (which the backends use to truncate the model's memory to what was heard).
+
+Filler audio (``thinking.filler``) is heard but is not the agent's words: it is in no
+segment; its own mark only tells whether some of it may still be queued at Twilio.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ class PlaybackTracker:
         self.on_idle: Callable[[], Awaitable[None]] | None = None
         self.marks_sent = 0
         self.marks_echoed = 0
+        self._filler_mark: str | None = None  # follows the filler sent last, until echoed or cleared
+
+    @property
+    def filler_queued(self) -> bool:
+        """Whether filler audio marked with :meth:`next_filler_mark` may still be waiting at Twilio."""
+        return self._filler_mark is not None
+
+    def next_filler_mark(self) -> str:
+        """Name the mark sent after filler audio: its echo says the filler has played out."""
+        self._filler_mark = f"filler:{self.marks_sent}"
+        self.marks_sent += 1
+        return self._filler_mark
 
     @property
     def playing(self) -> bool:
@@ -74,6 +89,9 @@ class PlaybackTracker:
     async def on_mark(self, name: str) -> None:
         """Twilio echoed ``name``: the audio before it has played (unless it was cleared)."""
         self.marks_echoed += 1
+        if name == self._filler_mark:
+            self._filler_mark = None
+            return
         if name in self._flushed:
             self._flushed.discard(name)
             return
@@ -111,6 +129,7 @@ class PlaybackTracker:
         heard = self._heard_ms.get(self.segment, 0.0)
         self._flushed.update(m.name for m in self._pending)
         self._pending.clear()
+        self._filler_mark = None
         self._anchor = None
         self._idle = True
         self._unmarked_ms = 0.0

@@ -227,6 +227,9 @@ class CallResult:
     stream_sid: str
     call_sid: str
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    received: list[tuple[float, str, bytes | str]] = field(default_factory=list)
+    """The server's messages in arrival order, each with its time on the caller clock: ``(t, "media", μ-law
+    payload)``, ``(t, "mark", name)``, ``(t, "clear", "")``."""
     started_at: float = 0.0
     """Time 0 of this result's clock (the ``start`` message) on the caller's event-loop clock, which for
     asyncio's loops is ``time.monotonic()``: it relates the call's times to things that happened elsewhere."""
@@ -430,6 +433,7 @@ class _Call:
         self.marks_echoed: list[str] = []
         self.marks_received = 0
         self.media_bytes_received = 0
+        self.received: list[tuple[float, str, bytes | str]] = []
         self._returned: asyncio.Event | None = None  # set by wait_returned
         self._sent_bytes = 0
         self.stale_media = 0
@@ -731,6 +735,7 @@ class _Call:
         if not isinstance(payload, str):
             raise TypeError("media.payload is not a string")
         data = base64.b64decode(payload, validate=True)
+        self.received.append((self.now(), "media", data))
         self.media_bytes_received += len(data)
         if self._returned is not None and self.media_bytes_received >= self._sent_bytes:
             self._returned.set()
@@ -745,11 +750,13 @@ class _Call:
         if not isinstance(name, str) or not name:
             raise ValueError("mark without a name")
         self.marks_received += 1
+        self.received.append((self.now(), "mark", name))
         if self._playback.add_mark(name):
             await self._echo_mark(name, "nothing queued")
 
     async def _on_clear(self, _msg: dict[str, Any]) -> None:
         dropped, pending = self._playback.clear()
+        self.received.append((self.now(), "clear", ""))
         self.clears.append(self.now())
         self._stale_until = self._loop.time() + STALE_WINDOW_SECONDS
         self._event("clear", f"dropped {dropped} B, {len(pending)} pending marks")
@@ -874,6 +881,7 @@ class _Call:
             stream_sid=self.stream_sid,
             call_sid=self.call_sid,
             custom_parameters=dict(self.custom_parameters),
+            received=list(self.received),
             started_at=self._t0,
             stream_sids=list(self.stream_sids),
             digits_played=self.digits_played,
