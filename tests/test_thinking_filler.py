@@ -17,7 +17,7 @@ from agent_voice_bridge.audio import mulaw, prompts
 from agent_voice_bridge.cli import main
 from agent_voice_bridge.processors.thinking_filler import clip_frames
 from agent_voice_bridge.transports.playback import PlaybackTracker
-from agent_voice_bridge.transports.simulated_caller import CallResult, Pause, Say, Until, WaitReply, run_call
+from agent_voice_bridge.transports.simulated_caller import CallResult, Dtmf, Pause, Say, Until, WaitReply, run_call
 from conftest import SPEECH_DIR, LiveServer, speech
 from fakes.gemini_live import FakeGeminiLive, GeminiScript
 from fakes.openai_realtime import FakeOpenAIRealtime
@@ -87,6 +87,19 @@ async def test_no_filler_when_the_ai_answers_quickly_or_it_is_off(delay: float, 
     assert wire(result, frames) == ["ai"]
     assert ai_media(result, frames) == fake.reply_audio(PCMU)
     assert not result.clears
+
+
+async def test_a_keypad_entry_answered_late_gets_the_filler() -> None:
+    filler = set(clip_frames(LINE, "mulaw", 8000))
+    async with FakeOpenAIRealtime(audio_delay=1.3) as fake:
+        chain = openai_chain(fake, f"{{sound: {LINE}, after_secs: 0.5}}").replace(
+            "  - openai.realtime:", "  - keypad\n  - openai.realtime:")
+        with LiveServer(chain) as server:
+            result = await run_call(server.ws_url, [Pause(0.5), Dtmf("42#", gap=0.1), WaitReply(timeout=10)])
+    print(result.timeline())
+    assert wire(result, filler) == ["filler", "clear", "ai"]
+    last_key = result.events_of("dtmf")[-1].t
+    assert 0.4 <= first_audio_after(result, last_key) - last_key <= 1.3
 
 
 async def test_a_slow_tool_gets_the_filler_until_the_model_speaks() -> None:

@@ -3,7 +3,7 @@
 Placed after the AI stage (best just before ``twilio.output``, where the audio is Twilio's μ-law
 as it is), it watches pipecat's frames going by: the caller's turn ending
 (``VADUserStoppedSpeakingFrame``, ``UserStoppedSpeakingFrame`` or a model's own
-``ProposedUserStoppedSpeakingFrame``) with no reply yet, or a tool running
+``ProposedUserStoppedSpeakingFrame``, or a ``KeypadEntryFrame``) with no reply yet, or a tool running
 (``FunctionCallInProgressFrame`` until its final ``FunctionCallResultFrame`` or a
 ``FunctionCallCancelFrame``), while nobody is audible (``BotStarted/StoppedSpeakingFrame`` from
 ``twilio.output``, which follow Twilio's mark echoes). When such a wait has lasted
@@ -55,6 +55,7 @@ from agent_voice_bridge.processors.frames import (
     FILLER,
     FillerSentFrame,
     FillerStoppedFrame,
+    KeypadEntryFrame,
     OutputMulawAudioFrame,
 )
 
@@ -227,6 +228,8 @@ class ThinkingFiller(Stage, AudioSink, FrameProcessor):
             self._caller_speaking, self._awaiting_reply = True, False
         elif isinstance(frame, CALLER_STOPPED):
             self._caller_speaking, self._awaiting_reply = False, True
+        elif isinstance(frame, KeypadEntryFrame):
+            self._awaiting_reply = True  # keys the model answers, like a spoken turn
         elif isinstance(frame, FunctionCallInProgressFrame):
             self._tools.add(frame.tool_call_id)
         elif isinstance(frame, FunctionCallResultFrame):
