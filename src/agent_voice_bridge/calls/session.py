@@ -23,6 +23,7 @@ from agent_voice_bridge.calls.records import close_records, open_records
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
+from agent_voice_bridge.observability.timeline import CallClock, TimelineObserver
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -138,6 +139,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1
+        info.timeline.report(final=True)
         logger.info(summary_line(live))
 
 
@@ -147,17 +149,21 @@ def summary_line(live: LiveCall) -> str:
     first = f"{stats.first_reply_ms:.0f} ms" if stats.first_reply_ms is not None else "-"
     return (f"call {shown(info.call_sid)} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
             f"from={shown(info.caller or '-')} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
-            f"session_switches={stats.session_switches} marks={playback.marks_echoed}/{playback.marks_sent}")
+            f"session_switches={stats.session_switches} marks={playback.marks_echoed}/{playback.marks_sent} "
+            f"{info.timeline.summary()}")
 
 
 async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
     pipeline = build_pipeline(chain, live.info)
+    clock = CallClock()  # the frames' times on time.monotonic, the clock of the call's timeline
     live.worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000,
                               enable_usage_metrics=live.info.journal is not None),  # the record's token counts
         enable_rtvi=False,
         enable_turn_tracking=False,
+        clock=clock,
+        observers=[TimelineObserver(live.info.timeline, clock)],
         idle_timeout_secs=None,
         name=f"call-{live.info.call_sid}",
     )

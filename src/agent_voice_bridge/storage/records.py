@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass
@@ -36,6 +37,8 @@ class CallRecord:
     usage: dict[str, int] = field(default_factory=dict)  # model token usage, summed
     parameters: dict[str, str] = field(default_factory=dict)  # TwiML <Parameter>s
     recording_path: str | None = None
+    turn_latency: list[dict[str, Any]] = field(default_factory=list)
+    """Per reply: ``{"turn", "at_ms", "segments": {name: ms}, "total_ms"}`` (observability/timeline.py)."""
 
     @property
     def duration_s(self) -> float | None:
