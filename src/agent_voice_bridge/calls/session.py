@@ -24,6 +24,7 @@ from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
 from agent_voice_bridge.observability.timeline import CallClock, TimelineObserver
+from agent_voice_bridge.observability.tracing import CallTracer
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -41,7 +42,7 @@ CLOSE_INTERNAL_ERROR = 1011
 
 
 async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistry, gate: CallGate,
-                   config: BridgeConfig, storage: CallStore | None = None) -> None:
+                   config: BridgeConfig, storage: CallStore | None = None, tracer: CallTracer | None = None) -> None:
     """Run the call on this stream with the chain ``chains`` gives it now; it keeps that chain to its end."""
     stream = TwilioMediaStream(websocket)
     try:
@@ -86,7 +87,7 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
     info.control = live
     with logger.contextualize(call_sid=shown(info.call_sid)):  # every log line of this call carries its SID
         await open_records(storage, info, chain, line.storage)
-        await _live(live, stream, calls, gate, line.policy.max_call_seconds)
+        await _live(live, stream, calls, gate, line.policy.max_call_seconds, tracer)
 
 
 def stream_home(websocket: WebSocket, config: BridgeConfig, gate: CallGate, info: CallInfo) -> StreamHome:
@@ -104,7 +105,7 @@ def stream_home(websocket: WebSocket, config: BridgeConfig, gate: CallGate, info
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,
-                max_call_seconds: float) -> None:
+                max_call_seconds: float, tracer: CallTracer | None = None) -> None:
     info = live.info
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
@@ -140,6 +141,8 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         calls.live.pop(key, None)
         calls.finished += 1
         info.timeline.report(final=True)
+        if tracer is not None:
+            tracer.export_call(info, live.outcome)
         logger.info(summary_line(live))
 
 
