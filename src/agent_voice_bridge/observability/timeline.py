@@ -51,6 +51,7 @@ from pipecat.services.tts_service import TTSService
 
 from agent_voice_bridge import metrics
 from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
+from agent_voice_bridge.storage.records import LATENCY_SEGMENTS
 
 REPLY_POINTS = ("caller_stopped", "turn_end", "stt_final", "request", "llm_first_token", "model_audio", "sent",
                 "played")
@@ -71,8 +72,8 @@ BARGE_SEGMENTS = {
 }
 AI_AUDIO = (OutputAudioRawFrame, OutputMulawAudioFrame)
 """What the AI stage sends the caller: PCM, or μ-law straight through (``openai.realtime`` in pcmu mode)."""
-SEGMENTS = (*REPLY_SEGMENTS.values(), "tts", *BARGE_SEGMENTS.values())
-"""Every segment name: the ``segment`` label's values."""
+SEGMENTS = LATENCY_SEGMENTS
+"""Every segment name, in the order they happen: the ``segment`` label's values."""
 
 
 @dataclass(frozen=True)

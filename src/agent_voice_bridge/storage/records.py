@@ -12,6 +12,12 @@ from datetime import datetime
 from typing import Any
 
 
+LATENCY_SEGMENTS = ("endpointing", "stt", "request", "llm", "model", "tts", "bridge", "playout", "barge_detect",
+                    "barge_clear", "barge_confirm")
+"""The segments of a turn in ``CallRecord.turn_latency``, in the order they happen (observability/timeline.py
+measures them; a speech-to-speech turn has no stt, llm or tts, a cascade's no model)."""
+
+
 @dataclass
 class CallRecord:
     """One phone call. Everything but ``call_sid`` and ``started_at`` has a default, so the pieces of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent_voice_bridge.storage.records import CallRecord, Message, Turn
+from agent_voice_bridge.storage.records import LATENCY_SEGMENTS, CallRecord, Message, Turn
 
 HEADER = f"{'started (UTC)':<19}  {'call':<34}  {'dir':<3}  {'from':<16}  {'to':<16}  {'secs':>6}  outcome"
 
@@ -50,15 +50,10 @@ def message_detail(message: Message) -> str:
             f"{message.audio_path}\n           {_transcript(message)}")
 
 
-LATENCY_COLUMNS = ("endpointing", "stt", "request", "llm", "model", "tts", "bridge", "playout", "barge_detect",
-                   "barge_clear", "barge_confirm")
-"""The segments of a turn, in the order they happen (observability/timeline.py names them)."""
-
-
 def latency_table(turns: list[dict[str, Any]]) -> list[str]:
     """Per turn, each segment's milliseconds: only the columns some turn has, so a speech-to-speech call
     shows no cascade columns."""
-    columns = [c for c in LATENCY_COLUMNS if any(c in t.get("segments", {}) for t in turns)]
+    columns = [c for c in LATENCY_SEGMENTS if any(c in t.get("segments", {}) for t in turns)]
     header = f"  {'turn':>4}  {'at':>7}  " + "  ".join(f"{c:>{max(len(c), 6)}}" for c in columns) + "   total"
     lines = [header]
     for turn in turns:
