@@ -66,7 +66,8 @@ async def test_each_call_is_one_trace_with_a_span_per_turn_and_its_segments_as_c
 
 async def test_phone_numbers_go_on_the_call_span_only_when_the_config_allows() -> None:
     with FakeCollector() as collector:
-        with LiveServer(echo_yaml(otlp_endpoint=collector.endpoint, phone_numbers=True), "pipelines/echo.yaml") as server:
+        with LiveServer(echo_yaml(otlp_endpoint=collector.endpoint, phone_numbers=True),
+                        "pipelines/echo.yaml") as server:
             await call(server)
             server.wait_idle(1)
             collector.wait_for(roots=1)
@@ -88,7 +89,8 @@ def test_the_standard_variables_name_the_endpoint(monkeypatch: pytest.MonkeyPatc
 
 def test_with_no_endpoint_the_exporter_is_never_imported() -> None:
     code = ("import os, sys\n"
-            "for name in ('OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'): os.environ.pop(name, None)\n"
+            "for name in ('OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'):\n"
+            "    os.environ.pop(name, None)\n"
             "from agent_voice_bridge.pipelines.loader import load_text\n"
             "from agent_voice_bridge.pipelines.chain import build_chain\n"
             "from agent_voice_bridge.server import create_app\n"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +127,9 @@ class TurnLatency:
                 "total_ms": None if self.total_ms is None else round(self.total_ms, 1)}
 
 
-def _chain(points: dict[str, float], order: tuple[str, ...], name_of) -> list[Segment]:
+def _chain(points: dict[str, float], order: tuple[str, ...], name_of: Callable[[str], str | None]) -> list[Segment]:
+    """Consecutive segments between the known moments, in ``order``; one out of order (seen late, or a
+    previous turn's) is left out, so the segments always add up to first → last."""
     segments: list[Segment] = []
     previous: float | None = None
     for point in order:
@@ -245,12 +248,11 @@ class TurnTimeline:
                 turn.barge["cleared"] = cleared
                 onset_event = _last(events, "onset", turn.points.get("turn_end", floor), cleared)
                 if onset_event is not None:
-                    onset = onset_event.at
-                    turn.barge["onset"] = onset
-                    interrupted = next((e.at for e in events if e.kind == "interrupted" and onset <= e.at <= cleared),
-                                       None)
-                    if interrupted is not None:
-                        turn.barge["interrupted"] = interrupted
+                    turn.barge["onset"] = onset_event.at
+                since = onset_event.at if onset_event is not None else sent.at  # a model's own barge-in: no onset
+                interrupted = next((e.at for e in events if e.kind == "interrupted" and since <= e.at <= cleared), None)
+                if interrupted is not None:
+                    turn.barge["interrupted"] = interrupted
                 confirmed = next((e.at for e in events if e.kind == "confirmed" and e.at >= cleared), None)
                 if confirmed is not None:
                     turn.barge["confirmed"] = confirmed
