@@ -10,8 +10,8 @@ bridge can observe it (protocols.md §A2–A5):
 * it plays the server's audio on its own 8000-samples-per-second clock,
   echoes each ``mark`` once the audio queued before it has played, i.e. at the
   end of the frame that played its last byte (or at once if nothing is queued;
-  ``play_delay`` holds both back, as a slow handset would), and on ``clear`` drops unplayed audio and echoes every
-  pending mark;
+  ``play_delay`` holds both back, as a slow handset would), and on ``clear``
+  drops unplayed audio and echoes every pending mark;
 * on hang-up it sends ``stop`` as its last message and closes normally.
 
 Everything happens on one *caller clock*: frame ``k`` carries samples
