@@ -24,6 +24,9 @@ STOP_MS = 500.0  # pcm_chain's vad.interrupter: stop_secs 0.5, start_secs 0.15
 START_MS = 150.0
 TOLERANCE_MS = 20.0
 FRAME_MS = 20.0
+UNINJECTED_MS = 60.0
+"""A segment nothing was injected into is the bridge's own work plus the loaded box's scheduling: small, not 0.
+Its accuracy is checked by the whole: the segments add up to what the caller measured, within TOLERANCE_MS."""
 
 
 def clipped(name: str) -> np.ndarray:
@@ -61,7 +64,8 @@ async def test_each_segment_measures_the_delay_injected_into_it() -> None:
     assert near(segments["endpointing"], STOP_MS), segments
     assert near(segments["model"], MODEL_DELAY_MS) and near(segments["model"], model_took), (segments, model_took)
     assert near(segments["playout"], played_late), (segments, played_late)
-    assert near(segments["request"], 0) and near(segments["bridge"], 0), segments
+    # nothing was injected here: the bridge's own hops (and, under load, the box's scheduling)
+    assert segments["request"] < UNINJECTED_MS and segments["bridge"] < UNINJECTED_MS, segments
     assert abs(sum(segments.values()) - turn["total_ms"]) < 1.0
     caller_total = result.reply_latencies()[0] * 1000  # its speech end → the reply starting to play
     assert near(turn["total_ms"], caller_total), (turn, caller_total)
@@ -85,7 +89,8 @@ async def test_a_barge_in_is_timed_from_the_caller_s_onset_to_twilio_s_confirmat
     barge = {k: v for k, v in first["segments"].items() if k.startswith("barge")}
     assert list(barge) == ["barge_detect", "barge_clear", "barge_confirm"], first
     assert near(barge["barge_detect"], START_MS), barge
-    assert near(barge["barge_clear"], 0) and near(barge["barge_confirm"], 0), barge
+    # clear: the interruption's way down the chain; confirm: a round trip to the caller, who echoes at once
+    assert barge["barge_clear"] < UNINJECTED_MS and barge["barge_confirm"] < UNINJECTED_MS, barge
     caller_saw, = result.clear_latencies()  # its onset → the clear, stamped at the next of its 20 ms frames
     lag = caller_saw * 1000 - (barge["barge_detect"] + barge["barge_clear"])
     assert -TOLERANCE_MS <= lag <= FRAME_MS + TOLERANCE_MS, (barge, caller_saw)

@@ -23,6 +23,7 @@ point here, so turns are cut at each reply the caller was sent.
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -149,32 +150,30 @@ FROM_TTS = -1
 """``model_audio``'s tag when a cascade's TTS spoke (a speech-to-speech model's own text is no "llm" step)."""
 
 
-@dataclass(order=True)
-class _Event:
-    at: float
-    kind: str
-    segment: int = 0  # sent, played: the playback segment; model_audio: FROM_TTS or 0
-
-
 class TurnTimeline:
     """One call's moments, and the turns they make. Kept on the call (``CallInfo.timeline``)."""
 
     def __init__(self, line: str = "", started: float | None = None):
         self.line = line
         self.started = time.monotonic() if started is None else started
-        self._events: list[_Event] = []
+        self._moments: dict[str, list[tuple[float, int]]] = {}  # kind → sorted (when, tag)
+        self._played: dict[int, float] = {}  # playback segment → when it began playing
         self._reported: set[tuple[int, str]] = set()  # (turn, "reply" | "barge") already in the metrics
         self._model_speaking = False
         self._llm_answering = False
 
-    def note(self, kind: str, at: float | None = None, segment: int = 0) -> None:
-        """Log a moment (``at``: monotonic seconds, default now)."""
-        bisect.insort(self._events, _Event(time.monotonic() if at is None else at, kind, segment))
+    def note(self, kind: str, at: float | None = None, tag: int = 0) -> None:
+        """Log a moment (``at``: monotonic seconds, default now; ``tag``: sent's and played's playback
+        segment, model_audio's FROM_TTS)."""
+        at = time.monotonic() if at is None else at
+        if kind == "played":
+            self._played.setdefault(tag, at)
+        bisect.insort(self._moments.setdefault(kind, []), (at, tag))
 
     # -- what the Twilio side tells -------------------------------------------------------------------------
     def reply_sent(self, segment: int) -> None:
         """``twilio.output`` sent the first audio of playback segment ``segment``."""
-        self.note("sent", segment=segment)
+        self.note("sent", tag=segment)
 
     def played(self, segment: int, at: float) -> None:
         """Twilio started playing ``segment`` at ``at`` (from its first mark echo)."""
@@ -222,46 +221,60 @@ class TurnTimeline:
             self._model_speaking = self._llm_answering = False
 
     # -- the turns ----------------------------------------------------------------------------------------------
-    def turns(self) -> list[TurnLatency]:
-        """Every reply the caller was sent, numbered from 1, with the moments that led to it."""
-        events = self._events
-        sents = [e for e in events if e.kind == "sent"]
-        turns: list[TurnLatency] = []
-        for i, sent in enumerate(sents):
-            floor = sents[i - 1].at if i else -float("inf")
-            ceiling = sents[i + 1].at if i + 1 < len(sents) else float("inf")
-            turn = TurnLatency(i + 1, {"sent": sent.at})
-            anchor, spoken_by_tts = sent.at, True
-            for kind in reversed(REPLY_POINTS[:-2]):  # the moments before it, each at or before the next
-                if kind == "llm_first_token" and not spoken_by_tts:
-                    continue  # a speech-to-speech model's text is its transcript, not a step before its audio
-                found = _last(events, kind, floor, anchor)
-                if found is not None:
-                    turn.points[kind] = anchor = found.at
-                    if kind == "model_audio":
-                        spoken_by_tts = found.segment == FROM_TTS
-            played = next((e.at for e in events if e.kind == "played" and e.segment == sent.segment), None)
-            if played is not None:
-                turn.points["played"] = max(played, sent.at)  # a buffer that ran dry makes the estimate early
-            cleared = next((e.at for e in events if e.kind == "cleared" and sent.at <= e.at < ceiling), None)
-            if cleared is not None:
-                turn.barge["cleared"] = cleared
-                onset_event = _last(events, "onset", turn.points.get("turn_end", floor), cleared)
-                if onset_event is not None:
-                    turn.barge["onset"] = onset_event.at
-                since = onset_event.at if onset_event is not None else sent.at  # a model's own barge-in: no onset
-                interrupted = next((e.at for e in events if e.kind == "interrupted" and since <= e.at <= cleared), None)
-                if interrupted is not None:
-                    turn.barge["interrupted"] = interrupted
-                confirmed = next((e.at for e in events if e.kind == "confirmed" and e.at >= cleared), None)
-                if confirmed is not None:
-                    turn.barge["confirmed"] = confirmed
-            turns.append(turn)
-        return turns
+    def turns(self, latest: int | None = None) -> list[TurnLatency]:
+        """Every reply the caller was sent (or the ``latest`` few), numbered from 1, with the moments that led
+        to it and, if the caller talked over it, the barge-in's."""
+        sents = self._moments.get("sent", [])
+        first = 0 if latest is None else max(0, len(sents) - latest)
+        return [self._turn(i, sents) for i in range(first, len(sents))]
+
+    def _turn(self, i: int, sents: list[tuple[float, int]]) -> TurnLatency:
+        sent, segment = sents[i]
+        floor = sents[i - 1][0] if i else -math.inf
+        ceiling = sents[i + 1][0] if i + 1 < len(sents) else math.inf
+        turn = TurnLatency(i + 1, {"sent": sent})
+        anchor, spoken_by_tts = sent, True
+        for kind in reversed(REPLY_POINTS[:-2]):  # the moments before it, each at or before the next
+            if kind == "llm_first_token" and not spoken_by_tts:
+                continue  # a speech-to-speech model's text is its transcript, not a step before its audio
+            found = self._last(kind, floor, anchor)
+            if found is not None:
+                at, tag = found
+                turn.points[kind] = anchor = at
+                if kind == "model_audio":
+                    spoken_by_tts = tag == FROM_TTS
+        if segment in self._played:
+            turn.points["played"] = max(self._played[segment], sent)  # a buffer that ran dry makes it early
+        cleared = self._first("cleared", sent, ceiling)
+        if cleared is None:
+            return turn
+        turn.barge["cleared"] = cleared
+        onset = self._last("onset", turn.points.get("turn_end", floor), cleared)
+        if onset is not None:
+            turn.barge["onset"] = onset[0]
+        interrupted = self._first("interrupted", onset[0] if onset else sent, cleared)  # a model's own: no onset
+        if interrupted is not None:
+            turn.barge["interrupted"] = interrupted
+        confirmed = self._first("confirmed", cleared, math.inf)
+        if confirmed is not None:
+            turn.barge["confirmed"] = confirmed
+        return turn
+
+    def _last(self, kind: str, after: float, until: float) -> tuple[float, int] | None:
+        """The latest ``kind`` moment in ``(after, until]``."""
+        moments = self._moments.get(kind, [])
+        i = bisect.bisect_right(moments, (until, math.inf)) - 1
+        return moments[i] if i >= 0 and moments[i][0] > after else None
+
+    def _first(self, kind: str, since: float, before: float) -> float | None:
+        """The earliest ``kind`` moment in ``[since, before]``."""
+        moments = self._moments.get(kind, [])
+        i = bisect.bisect_left(moments, (since, -math.inf))
+        return moments[i][0] if i < len(moments) and moments[i][0] <= before else None
 
     def report(self, *, final: bool) -> None:
         """Put the segments of turns that are complete (all of them, when ``final``) into the metrics."""
-        for turn in self.turns():
+        for turn in self.turns(latest=None if final else RECENT_TURNS):
             for part, segments, done in (("reply", turn.reply_segments(), "played" in turn.points),
                                          ("barge", turn.barge_segments(), "confirmed" in turn.barge)):
                 if not segments or (turn.number, part) in self._reported or not (done or final):
@@ -290,17 +303,9 @@ class TurnTimeline:
 
 
 MAX_TOTALS_SHOWN = 30
-
-
-def _last(events: list[_Event], kind: str, after: float, until: float) -> _Event | None:
-    """The latest ``kind`` moment in ``(after, until]``."""
-    hi = bisect.bisect_right(events, _Event(until, "\uffff", 1 << 62))
-    for event in reversed(events[:hi]):
-        if event.at <= after:
-            return None
-        if event.kind == kind:
-            return event
-    return None
+RECENT_TURNS = 3
+"""Mid-call, a played or confirmed moment can only complete one of the last few turns: only those are worked
+out again (a long call's earlier turns are not), and the call's end reports whatever is left."""
 
 
 def processor_role(processor: Any) -> str | None:
