@@ -8,8 +8,10 @@ frame clock (the simulated Twilio plays whole frames), the figure is the one it 
 
 from __future__ import annotations
 
+
 import httpx
 import numpy as np
+from loguru import logger
 
 from agent_voice_bridge.storage import CallStore
 from agent_voice_bridge.storage.report import call_report
@@ -44,6 +46,8 @@ def near(measured: float, expected: float) -> bool:
 
 
 async def test_each_segment_measures_the_delay_injected_into_it() -> None:
+    summaries: list[str] = []
+    sink = logger.add(lambda m: summaries.append(m.record["message"]), filter=lambda r: " ended: " in r["message"])
     async with FakeOpenAIRealtime(first_audio_delay=MODEL_DELAY_MS / 1000) as fake:
         with LiveServer(pcm_chain(fake, vad=True, turn_detection="local")) as server:
             result = await run_call(server.http_url, [Pause(0.3), Say(clipped("one-moment-please")),
@@ -69,7 +73,10 @@ async def test_each_segment_measures_the_delay_injected_into_it() -> None:
     assert abs(sum(segments.values()) - turn["total_ms"]) < 1.0
     caller_total = result.reply_latencies()[0] * 1000  # its speech end → the reply starting to play
     assert near(turn["total_ms"], caller_total), (turn, caller_total)
-    # the same figures reach the metrics (per line) and `voice-bridge calls show`
+    # the same figures reach the call's summary line, the metrics (per line) and `voice-bridge calls show`
+    logger.remove(sink)
+    summary, = [line for line in summaries if result.call_sid in line]
+    assert f"model={segments['model']:.0f}" in summary and f"totals=[{turn['total_ms']:.0f}]" in summary, summary
     assert 'voice_bridge_turn_segment_seconds_count{line="default",segment="model"}' in exposition
     report = call_report(record, [])
     assert "endpointing" in report and f"{turn['total_ms']:.0f}" in report
