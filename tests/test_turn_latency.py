@@ -8,7 +8,6 @@ frame clock (the simulated Twilio plays whole frames), the figure is the one it 
 
 from __future__ import annotations
 
-
 import httpx
 import numpy as np
 from loguru import logger
