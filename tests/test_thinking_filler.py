@@ -58,7 +58,7 @@ def first_audio_after(result: CallResult, t: float) -> float:
 
 async def test_a_late_reply_gets_the_filler_which_is_cleared_before_the_first_ai_audio() -> None:
     filler = set(clip_frames(LINE, "mulaw", 8000))
-    async with FakeOpenAIRealtime(audio_delay=1.3) as fake:
+    async with FakeOpenAIRealtime(first_audio_delay=1.3) as fake:
         chain = openai_chain(fake, f"{{sound: {LINE}, after_secs: 0.5}}")
         with LiveServer(chain) as server:
             result = await run_call(server.ws_url, [Pause(0.3), Say(speech("hello-world")), WaitReply(timeout=10)])
@@ -80,7 +80,7 @@ async def test_a_late_reply_gets_the_filler_which_is_cleared_before_the_first_ai
                          ids=["answered-quickly", "off"])
 async def test_no_filler_when_the_ai_answers_quickly_or_it_is_off(delay: float, filler: str) -> None:
     frames = set(clip_frames(LINE, "mulaw", 8000))
-    async with FakeOpenAIRealtime(audio_delay=delay) as fake:
+    async with FakeOpenAIRealtime(first_audio_delay=delay) as fake:
         with LiveServer(openai_chain(fake, filler)) as server:
             result = await run_call(server.ws_url, [Pause(0.3), Say(speech("hello-world")), WaitReply(timeout=10)])
     print(result.timeline())
@@ -91,7 +91,7 @@ async def test_no_filler_when_the_ai_answers_quickly_or_it_is_off(delay: float, 
 
 async def test_a_keypad_entry_answered_late_gets_the_filler() -> None:
     filler = set(clip_frames(LINE, "mulaw", 8000))
-    async with FakeOpenAIRealtime(audio_delay=1.3) as fake:
+    async with FakeOpenAIRealtime(first_audio_delay=1.3) as fake:
         chain = openai_chain(fake, f"{{sound: {LINE}, after_secs: 0.5}}").replace(
             "  - openai.realtime:", "  - keypad\n  - openai.realtime:")
         with LiveServer(chain) as server:
@@ -164,7 +164,7 @@ async def test_the_builtin_sound_after_gemini_in_pcm_stops_for_the_late_reply() 
 
 async def test_barge_in_truncates_to_the_ai_audio_heard_not_counting_the_filler() -> None:
     filler = set(clip_frames(LINE, "mulaw", 8000))
-    async with FakeOpenAIRealtime(audio_delay=1.3, reply_seconds=4.0) as fake:
+    async with FakeOpenAIRealtime(first_audio_delay=1.3, reply_seconds=4.0) as fake:
         with LiveServer(openai_chain(fake, f"{{sound: {LINE}, after_secs: 0.5}}")) as server:
             def ai_audio_out() -> bool:
                 return bool(fake.sessions and any(fake.sessions[0].audio_sent_ms.values()))
@@ -185,7 +185,7 @@ async def test_barge_in_truncates_to_the_ai_audio_heard_not_counting_the_filler(
 
 async def test_the_caller_talking_over_the_filler_clears_it() -> None:
     filler = set(clip_frames(LINE, "mulaw", 8000))
-    async with FakeOpenAIRealtime(audio_delay=4.0) as fake:
+    async with FakeOpenAIRealtime(first_audio_delay=4.0) as fake:
         with LiveServer(openai_chain(fake, f"{{sound: {LINE}, after_secs: 0.5}}")) as server:
             steps = [Pause(0.3), Say(speech("hello-world")), Pause(1.5), Say(speech("vm-goodbye")),
                      WaitReply(timeout=12)]

@@ -84,6 +84,7 @@ calls = Table(
     Column("usage", JSONDict, nullable=False),
     Column("parameters", JSONDict, nullable=False),
     Column("recording_path", Text),
+    Column("turn_latency", JSONDict),  # NULL for calls stored before it existed
     # The last Turn.seq handed out for this call: add_turn bumps it with one atomic UPDATE, which is what
     # keeps seq gap- and duplicate-free under concurrency (a row lock on PostgreSQL, the write lock on SQLite).
     Column("last_seq", Integer, nullable=False, server_default="0"),

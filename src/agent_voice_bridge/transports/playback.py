@@ -40,6 +40,12 @@ class PlaybackTracker:
         self._idle = True  # nothing sent is waiting to be played
         self._unmarked_ms = 0.0
         self.on_idle: Callable[[], Awaitable[None]] | None = None
+        self.on_played: Callable[[int, float], None] | None = None
+        """``(segment, when)``: a segment's audio began playing (its first mark's echo, less the audio before it)."""
+        self.on_clear_confirmed: Callable[[], None] | None = None
+        """Twilio echoed a mark a ``clear`` flushed: it has dropped what it held."""
+        self._started: set[int] = set()  # segments whose first echo has come back
+        self._confirming = False  # a clear was sent; its first flushed echo confirms it
         self.marks_sent = 0
         self.marks_echoed = 0
         self._filler_mark: str | None = None  # follows the filler sent last, until echoed or cleared
@@ -94,6 +100,10 @@ class PlaybackTracker:
             return
         if name in self._flushed:
             self._flushed.discard(name)
+            if self._confirming:
+                self._confirming = False
+                if self.on_clear_confirmed is not None:
+                    self.on_clear_confirmed()
             return
         if not any(m.name == name for m in self._pending):
             return  # not ours (or a duplicate): it says nothing about our audio
@@ -101,6 +111,10 @@ class PlaybackTracker:
         while self._pending:
             mark = self._pending.popleft()
             if mark.name == name:
+                if mark.segment not in self._started:
+                    self._started.add(mark.segment)
+                    if self.on_played is not None:
+                        self.on_played(mark.segment, now - mark.end_ms / 1000.0)
                 self._heard_ms[mark.segment] = mark.end_ms
                 self._anchor = (mark.segment, mark.end_ms, now)
                 if self._pending and self._pending[0].segment != mark.segment:
@@ -128,6 +142,7 @@ class PlaybackTracker:
             self._heard_ms[segment] = self.heard_ms(segment)
         heard = self._heard_ms.get(self.segment, 0.0)
         self._flushed.update(m.name for m in self._pending)
+        self._confirming = bool(self._pending)
         self._pending.clear()
         self._filler_mark = None
         self._anchor = None

@@ -190,6 +190,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         if not self._in_segment:
             self._in_segment = True
             segment = self._playback.new_segment()
+            self._call.timeline.reply_sent(segment)
             if self._call.journal is not None:
                 self._call.journal.agent_audio(segment)
         ms = len(frame.audio) / BYTES_PER_MS
@@ -245,6 +246,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         assert stream is not None
         await stream.send(stream.messages.clear())
         self._filler_unmarked = False
+        self._call.timeline.cleared()
         heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1
