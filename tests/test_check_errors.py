@@ -40,7 +40,7 @@ def test_unknown_top_level_key_lists_the_valid_ones_and_suggests_the_nearest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = check(tmp_path, capsys, "securty:\n  allowlist: []\n" + CHAIN)
     assert ("pipeline.yaml:2: unknown key 'securty' (did you mean security?); "
-            "valid keys: ai, lines, outbound, pipeline, security, server, storage, twilio") in err
+            "valid keys: ai, lines, observability, outbound, pipeline, security, server, storage, twilio") in err
     assert "Extra inputs" not in err
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from agent_voice_bridge.security.stream_tokens import PARAMETER
-from agent_voice_bridge.transports.simulated_caller import Pause, Say, WaitHeard, WaitQuiet, run_call
+from agent_voice_bridge.transports.simulated_caller import Pause, Say, Until, WaitHeard, WaitQuiet, run_call
 from conftest import ECHO_YAML, ROOT, LiveServer, speech
 
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -69,11 +69,41 @@ def test_local_server_serves_the_page_without_a_key(echo_server: LiveServer) -> 
     assert next(a for a in listing["available"] if a["name"] == "echo")["current"]
 
 
+async def test_the_page_can_read_its_live_call_s_per_turn_breakdown(echo_server: LiveServer) -> None:
+    base = f"http://127.0.0.1:{echo_server.port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        line = (await http.get("/phone/token")).json()
+        turns_path = f"/phone/calls/{line['callSid']}/turns"
+        seen: list = []
+
+        async def a_finished_turn() -> bool:
+            answer = await http.get(turns_path)
+            assert answer.status_code == 200, answer.text
+            seen[:] = answer.json()
+            return any(t["total_ms"] is not None for t in seen)
+
+        await run_call(echo_server.ws_url, [Pause(0.3), Say(speech("hello-world")),
+                                            Until(a_finished_turn, timeout=8)],
+                       call_sid=line["callSid"], custom_parameters=line["parameters"])
+        echo_server.wait_idle()
+        assert (await http.get(turns_path)).status_code == 404, "only while the call is live"
+        phone_call = "CA" + "1" * 32  # a call from a phone, not the softphone: its figures are not the page's
+
+        async def hidden() -> bool:
+            return (await http.get(f"/phone/calls/{phone_call}/turns")).status_code == 404
+
+        assert not (await run_call(echo_server.ws_url, [Pause(0.2), Until(hidden, timeout=2)],
+                                   call_sid=phone_call)).events_of("timeout")
+    turn = next(t for t in seen if t["total_ms"] is not None)
+    assert {"endpointing", "bridge", "playout"} <= set(turn["segments"]), turn
+
+
 def test_off_by_default_with_twilio_credentials() -> None:
     yaml_text = SECURE_YAML.replace("softphone: true, ", "")
     with LiveServer(yaml_text) as server:
         base = f"http://127.0.0.1:{server.port}"
-        for path in ("/phone", "/phone/token", "/phone/pipelines", "/phone/static/phone.js"):
+        for path in ("/phone", "/phone/token", "/phone/pipelines", "/phone/static/phone.js",
+                     "/phone/calls/CA00000000000000000000000000000000/turns"):
             assert httpx.get(f"{base}{path}", params={"key": "k3y"}).status_code == 404, path
 
 
@@ -311,6 +341,11 @@ def test_browser_call_echoes_speech_marks_and_barge_in(echo_server: LiveServer, 
                 for echo in page["markEchoes"] if echo["name"].startswith("1:") and not echo["cleared"]]
     print("mark lateness (ms):", [round(x * 1000) for x in lateness])
     assert len(lateness) >= 10 and all(abs(x) <= 0.04 for x in lateness), lateness
+
+    # The page showed the server's own breakdown of each reply beside its figures.
+    finished = [t for t in page["serverTurns"] if t["total_ms"] is not None]
+    assert finished and {"endpointing", "playout"} <= set(finished[0]["segments"]), page["serverTurns"]
+    assert any(e["kind"] == "server" for e in page["events"]), "the breakdown is on the page's event list"
 
     assert shot.exists() and shot.stat().st_size > 10_000
     if SCREENSHOT_COPY:

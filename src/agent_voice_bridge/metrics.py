@@ -38,6 +38,11 @@ FIRST_REPLY = Histogram("voice_bridge_first_reply_seconds", "Caller stops talkin
                         ["line"], buckets=(0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0))
 BARGE_IN_LATENCY = Histogram("voice_bridge_barge_in_seconds", "Caller starts talking over the AI → clear sent, by "
                              "line.", ["line"], buckets=(0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0))
+TURN_SEGMENT = Histogram(
+    "voice_bridge_turn_segment_seconds",
+    "Per turn, the time each segment took (observability/timeline.py): endpointing, stt, request, llm, model, "
+    "tts, bridge, playout; a barge-in's barge_detect, barge_clear, barge_confirm.", ["segment", "line"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -28,6 +28,7 @@ from agent_voice_bridge.configuration import ServerSetup
 from agent_voice_bridge.lines import Lines
 from agent_voice_bridge.reloading import Reloader
 from agent_voice_bridge.log_values import shown
+from agent_voice_bridge.observability.tracing import call_tracer
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
@@ -100,6 +101,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
     ``storage`` defaults to ``storage.url`` from the config (None: keep nothing). ``setup``: the files
     ``chain`` was loaded from; the app then reloads them when they change and on SIGHUP (live edits)."""
     storage = storage if storage is not None else open_storage(config)
+    tracer = call_tracer(config.observability)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +114,8 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
         async with live_edits(reloader):
             yield
         await transfers.close()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)  # the last calls' traces go out before the process ends
         if storage is not None:
             await message_transcriber.drain()  # a message being transcribed keeps its transcript
             await storage.close()
@@ -204,7 +208,7 @@ def create_app(config: BridgeConfig, chain: Chain | Lines, store: LimitStore | N
                 await websocket.close(code=CLOSE_POLICY)
                 return
         await websocket.accept()
-        await run_call(websocket, chains, calls, gate, config, storage)
+        await run_call(websocket, chains, calls, gate, config, storage, tracer)
 
     app.include_router(softphone_router(config, gate, chains))
     app.include_router(calls_router(config, storage, chains))

@@ -93,13 +93,15 @@ class Reply:
     ``text`` is streamed ``words_per_delta`` words at a time, ``delay`` seconds
     apart; ``tool_calls`` follow as ``tool_use`` blocks. ``error`` (an error type
     from ``STATUS``) answers with that HTTP error instead; ``stream_error`` sends
-    an ``error`` event after the first text delta and ends the stream.
+    an ``error`` event after the first text delta and ends the stream. ``first_delay``: seconds between
+    ``message_start`` and the first delta (a model slow to start answering).
     """
 
     text: str = DEFAULT_REPLY
     tool_calls: list[ToolCall] = field(default_factory=list)
     words_per_delta: int = 2
     delay: float = 0.01
+    first_delay: float = 0.0
     error: str | None = None
     error_message: str = "Overloaded"
     stream_error: str | None = None
@@ -326,6 +328,7 @@ class FakeAnthropic:
             if reply.text or not reply.tool_calls:
                 await send({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
                 await send({"type": "ping"})
+                await asyncio.sleep(reply.first_delay)
                 words = reply.text.split(" ")
                 for i in range(0, len(words), reply.words_per_delta):
                     chunk = " ".join(words[i:i + reply.words_per_delta])

@@ -268,6 +268,10 @@ class ResponseRecord:
     audio_ms_sent: float = 0.0
     audio_deltas: int = 0
     call_id: str | None = None
+    started_at: float = 0.0
+    """Loop time (``time.monotonic``) the response was asked for (``response.create`` or the turn detected)."""
+    first_audio_at: float | None = None
+    """Loop time its first audio delta was sent."""
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -1033,7 +1037,8 @@ class FakeRealtimeSession:
             kind = "function_call"
         record = ResponseRecord(
             id=_new_id("resp_"), trigger=trigger, kind=kind, instructions=params.get("instructions"),
-            output_format=dict(self.output_format) if kind == "audio" else None)
+            output_format=dict(self.output_format) if kind == "audio" else None,
+            started_at=asyncio.get_running_loop().time())
         self.responses_created.append(record)
         self._active = record
         record._task = asyncio.create_task(self._run_response(record, modalities))
@@ -1132,7 +1137,7 @@ class FakeRealtimeSession:
         words = opts.reply_transcript.split()
         said: list[str] = []
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = max(loop.time(), record.started_at + opts.first_audio_delay)
         interval = (opts.chunk_ms / 1000 / opts.pace) if opts.pace > 0 else 0.0
         cancelled = False
         if audio_mode:
@@ -1165,6 +1170,8 @@ class FakeRealtimeSession:
                 self._assistant_audio = True
                 await self._send("response.output_audio.delta", **ids,
                                  delta=base64.b64encode(piece).decode("ascii"))
+                if record.first_audio_at is None:
+                    record.first_audio_at = loop.time()
             transcript = " ".join(said)
             await self._send("response.output_audio.done", **ids)
             await self._send("response.output_audio_transcript.done", **ids, transcript=transcript)
@@ -1260,6 +1267,9 @@ class FakeOpenAIRealtime:
     * ``created_delay`` – seconds between the upgrade and ``session.created`` (the real server
       takes a moment; whatever the client appends meanwhile is read in the format the session
       has when the fake gets to it: the default ``audio/pcm`` 24 kHz until a ``session.update``).
+    * ``first_audio_delay`` – seconds from asking for a response to its first audio (a slow model's
+      time to first byte, cancellable like the rest of the response); ``ResponseRecord.started_at``/
+      ``first_audio_at`` say what it took.
     * ``session_seconds`` – the session's length: ``session.created`` carries
       ``expires_at`` = now + this (GA sessions: 60 minutes today).
     """
@@ -1284,6 +1294,7 @@ class FakeOpenAIRealtime:
         send_rate_limits: bool = True,
         created_delay: float = 0.0,
         session_seconds: float = 3600.0,
+        first_audio_delay: float = 0.0,
     ) -> None:
         if fail not in (None, "refuse", "drop_mid_response"):
             raise ValueError(f"unknown fail mode {fail!r}")
@@ -1305,6 +1316,7 @@ class FakeOpenAIRealtime:
         self.clamp_overlong_truncate = clamp_overlong_truncate
         self.send_rate_limits = send_rate_limits
         self.created_delay = created_delay
+        self.first_audio_delay = first_audio_delay
         self.session_seconds = session_seconds
         self.sessions: list[FakeRealtimeSession] = []
         self.handshakes: list[Handshake] = []

@@ -85,3 +85,27 @@ def tone(freq: float = 1000.0, secs: float = 0.5, dbfs: float = -12.0, fade_secs
 
 def silence(secs: float) -> bytes:
     return bytes(2 * int(secs * RATE))
+
+
+THINKING_NOTES = ((0.0, 784.0), (0.18, 659.3))
+"""The built-in thinking sound: (start s, Hz) of two soft notes, G5 then E5, a falling minor third."""
+
+
+@cache
+def thinking_sound(dbfs: float = -24.0) -> bytes:
+    """A soft two-note chime (0.8 s, 8 kHz PCM16) that says "one moment" without words.
+
+    Synthesised here, not recorded: each note is a sine with a quieter fourth partial (a mallet's
+    timbre) and a 5 ms attack into an 90 ms decay, peaking at ``dbfs``, well inside the phone band.
+    Made by this project and dedicated to the public domain (CC0 1.0), like anything it generates.
+    """
+    n = int(0.8 * RATE)
+    t = np.arange(n) / RATE
+    out = np.zeros(n)
+    for start, freq in THINKING_NOTES:
+        local = t - start
+        on = local >= 0
+        envelope = np.where(on, np.minimum(local / 0.005, 1.0) * np.exp(-np.maximum(local, 0) / 0.09), 0.0)
+        out += envelope * (np.sin(2 * np.pi * freq * local) + 0.2 * np.sin(2 * np.pi * 4 * freq * local))
+    out *= 32767 * 10 ** (dbfs / 20) / np.max(np.abs(out))
+    return np.round(out).astype("<i2").tobytes()

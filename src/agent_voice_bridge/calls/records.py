@@ -108,7 +108,8 @@ async def close_records(live: LiveCall) -> None:
         await info.journal.close(playback.heard_ms, playback.sent_ms, outcome=live.outcome, status="completed",
                                  **reason, barge_ins=stats.barge_ins, replies=stats.replies,
                                  session_switches=stats.session_switches,
-                                 first_reply_ms=None if stats.first_reply_ms is None else round(stats.first_reply_ms, 1))
+                                 first_reply_ms=None if stats.first_reply_ms is None else round(stats.first_reply_ms, 1),
+                                 turn_latency=info.timeline.records())
 
 
 async def record_refusal(storage: CallStore, form: dict[str, str], reason: str, pipeline: str,

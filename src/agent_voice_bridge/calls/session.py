@@ -24,6 +24,8 @@ from agent_voice_bridge.calls.records import call_began, close_records, open_rec
 from agent_voice_bridge.calls.registry import CallRegistry
 from agent_voice_bridge.chain_source import ChainSource
 from agent_voice_bridge.log_values import shown
+from agent_voice_bridge.observability.timeline import CallClock, TimelineObserver
+from agent_voice_bridge.observability.tracing import CallTracer
 from agent_voice_bridge.pipelines.builder import build_pipeline
 from agent_voice_bridge.pipelines.chain import Chain, build_chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
@@ -47,7 +49,7 @@ CLOSE_INTERNAL_ERROR = 1011
 
 
 async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistry, gate: CallGate,
-                   config: BridgeConfig, storage: CallStore | None = None) -> None:
+                   config: BridgeConfig, storage: CallStore | None = None, tracer: CallTracer | None = None) -> None:
     """Run the call on this stream with the chain ``chains`` gives it now; it keeps that chain to its end."""
     stream = TwilioMediaStream(websocket)
     try:
@@ -105,7 +107,7 @@ async def run_call(websocket: WebSocket, chains: ChainSource, calls: CallRegistr
         if storage is not None and back:  # the same call as before the transfer: its record and clock go on
             info.started_at = await call_began(storage, info.call_sid) or info.started_at
         await open_records(storage, info, chain, line.storage)
-        await _live(live, stream, calls, gate, line.policy.max_call_seconds)
+        await _live(live, stream, calls, gate, line.policy.max_call_seconds, tracer)
 
 
 def stream_home(base: str, gate: CallGate, info: CallInfo) -> StreamHome:
@@ -121,7 +123,7 @@ def stream_home(base: str, gate: CallGate, info: CallInfo) -> StreamHome:
 
 
 async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, gate: CallGate,
-                max_call_seconds: float) -> None:
+                max_call_seconds: float, tracer: CallTracer | None = None) -> None:
     info = live.info
     key = f"{info.call_sid}/{info.stream_sid}"
     calls.live[key] = live
@@ -158,6 +160,9 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         await close_records(live)  # before the call leaves the registry: a draining shutdown waits for its record
         calls.live.pop(key, None)
         calls.finished += 1
+        info.timeline.report(final=True)
+        if tracer is not None:
+            tracer.export_call(info, live.outcome)
         logger.info(summary_line(live))
 
 
@@ -180,17 +185,21 @@ def summary_line(live: LiveCall) -> str:
     first = f"{stats.first_reply_ms:.0f} ms" if stats.first_reply_ms is not None else "-"
     return (f"call {shown(info.call_sid)} ended: outcome={live.outcome} duration={time.time() - info.started_at:.1f}s "
             f"from={shown(info.caller or '-')} replies={stats.replies} first_reply={first} barge_ins={stats.barge_ins} "
-            f"session_switches={stats.session_switches} marks={playback.marks_echoed}/{playback.marks_sent}")
+            f"session_switches={stats.session_switches} marks={playback.marks_echoed}/{playback.marks_sent} "
+            f"{info.timeline.summary()}")
 
 
 async def _run_pipeline(chain: Chain, live: LiveCall) -> None:
     pipeline = build_pipeline(chain, live.info)
+    clock = CallClock()  # the frames' times on time.monotonic, the clock of the call's timeline
     live.worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000,
                               enable_usage_metrics=live.info.journal is not None),  # the record's token counts
         enable_rtvi=False,
         enable_turn_tracking=False,
+        clock=clock,
+        observers=[TimelineObserver(live.info.timeline, clock)],
         idle_timeout_secs=None,
         name=f"call-{live.info.call_sid}",
     )

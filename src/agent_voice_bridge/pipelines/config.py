@@ -205,6 +205,16 @@ class OutboundConfig(_Section):
     hello_timeout_secs: float = Field(default=3.0, gt=0, le=30)
 
 
+class ObservabilityConfig(_Section):
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector (http://host:4318, or its /v1/traces URL): each call a trace, each turn a "
+        "span with its latency segments. Unset: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no traces.")
+    service_name: str = Field(default="agent-voice-bridge", description="The traces' service.name.")
+    phone_numbers: bool = Field(
+        default=False, description="Put the caller's and callee's numbers on each call's span (personal data).")
+
+
 class SeedAIConfig(BaseModel):
     """The seed project's ``ai:`` section, expanded to the default chain with that provider."""
 
@@ -281,6 +291,7 @@ class BridgeConfig(_Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     pipeline: list[StageEntry] = Field(default_factory=list, description="Stages run top to bottom for every call.")
     ai: SeedAIConfig | None = Field(default=None, description="Seed shape; expands to the default chain.")
     lines: dict[LineKey, LineValue] | None = Field(

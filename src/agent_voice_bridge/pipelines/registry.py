@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "echo": "agent_voice_bridge.processors.echo:EchoLine",
     "loopback": "agent_voice_bridge.processors.loopback:Loopback",
     "voicemail": "agent_voice_bridge.processors.voicemail:Voicemail",
+    "thinking.filler": "agent_voice_bridge.processors.thinking_filler:ThinkingFiller",
     "gemini.live": "agent_voice_bridge.services.gemini_live:GeminiLive",
     "openai.realtime": "agent_voice_bridge.services.openai_realtime:OpenAIRealtime",
     "stt.whisper": "agent_voice_bridge.services.whisper_stt:WhisperSTT",

@@ -9,9 +9,29 @@ agent's audio a data frame (dropped from queues when the caller barges in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipecat.frames.frames import DataFrame, LLMMessagesAppendFrame, SystemFrame
+from pipecat.frames.frames import (
+    ControlFrame,
+    DataFrame,
+    LLMMessagesAppendFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
+    SystemFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+
+CALLER_STARTED = (VADUserStartedSpeakingFrame, UserStartedSpeakingFrame, ProposedUserStartedSpeakingFrame)
+"""The caller began to speak: our VAD's frames, or a model's own (OpenAI's server VAD proposes turns)."""
+CALLER_STOPPED = (VADUserStoppedSpeakingFrame, UserStoppedSpeakingFrame, ProposedUserStoppedSpeakingFrame)
+"""The caller's turn ended, by the same sources."""
+
+FILLER = "agent_voice_bridge.filler"
+"""``frame.metadata`` key of audio that fills a wait (``thinking.filler``): the caller hears it, but it is
+not the agent's words, so ``twilio.output`` keeps it out of the segments whose heard share the model is told."""
 
 
 @dataclass
@@ -40,3 +60,19 @@ class KeypadEntryFrame(LLMMessagesAppendFrame):
     """
 
     keys: str = ""
+
+
+@dataclass
+class FillerSentFrame(ControlFrame):
+    """The filler audio pushed so far is one burst: ``twilio.output`` follows it with a mark, whose echo says
+    it has played out (after which nothing of it is left to clear)."""
+
+    interruptible: bool = field(default=False, init=False)
+
+
+@dataclass
+class FillerStoppedFrame(ControlFrame):
+    """The filler stopped (the agent's audio is next, or the caller spoke): ``twilio.output`` clears what of it
+    Twilio may still hold, so none of it plays before or over what comes next."""
+
+    interruptible: bool = field(default=False, init=False)

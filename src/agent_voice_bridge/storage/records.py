@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+
+LATENCY_SEGMENTS = ("endpointing", "stt", "request", "llm", "model", "tts", "bridge", "playout", "barge_detect",
+                    "barge_clear", "barge_confirm")
+"""The segments of a turn in ``CallRecord.turn_latency``, in the order they happen (observability/timeline.py
+measures them; a speech-to-speech turn has no stt, llm or tts, a cascade's no model)."""
 
 
 @dataclass
@@ -36,6 +43,8 @@ class CallRecord:
     usage: dict[str, int] = field(default_factory=dict)  # model token usage, summed
     parameters: dict[str, str] = field(default_factory=dict)  # TwiML <Parameter>s
     recording_path: str | None = None
+    turn_latency: list[dict[str, Any]] = field(default_factory=list)
+    """Per reply: ``{"turn", "at_ms", "segments": {name: ms}, "total_ms"}`` (observability/timeline.py)."""
     transfer_destination: str | None = None  # the AI's transfer tool: the destination's name (billing)
     transfer_to: str | None = None  # and its number
     transfer_status: str | None = None  # how Twilio's <Dial> ended: completed, no_answer, busy, failed, canceled

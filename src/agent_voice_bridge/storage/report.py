@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from agent_voice_bridge.storage.records import CallRecord, Message, Turn
+from agent_voice_bridge.storage.records import LATENCY_SEGMENTS, CallRecord, Message, Turn
 
 HEADER = f"{'started (UTC)':<19}  {'call':<34}  {'dir':<3}  {'from':<16}  {'to':<16}  {'secs':>6}  outcome"
 
@@ -49,6 +50,23 @@ def message_detail(message: Message) -> str:
             f"{message.audio_path}\n           {_transcript(message)}")
 
 
+def latency_table(turns: list[dict[str, Any]]) -> list[str]:
+    """Per turn, each segment's milliseconds: only the columns some turn has, so a speech-to-speech call
+    shows no cascade columns."""
+    columns = [c for c in LATENCY_SEGMENTS if any(c in t.get("segments", {}) for t in turns)]
+    header = f"  {'turn':>4}  {'at':>7}  " + "  ".join(f"{c:>{max(len(c), 6)}}" for c in columns) + "   total"
+    lines = [header]
+    for turn in turns:
+        cells = []
+        for c in columns:
+            ms = turn.get("segments", {}).get(c)
+            cells.append(f"{'-' if ms is None else f'{ms:.0f}':>{max(len(c), 6)}}")
+        total = turn.get("total_ms")
+        lines.append(f"  {turn.get('turn', 0):>4}  {_seconds(turn.get('at_ms', 0.0)):>7}  " + "  ".join(cells)
+                     + f"  {'-' if total is None else f'{total:.0f}':>6}")
+    return lines
+
+
 def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Message] = ()) -> str:
     first = f"{record.first_reply_ms:.0f} ms" if record.first_reply_ms is not None else "-"
     usage = ", ".join(f"{k}={v}" for k, v in sorted(record.usage.items())) or "-"
@@ -71,6 +89,9 @@ def call_report(record: CallRecord, turns: list[Turn], messages: Sequence[Messag
         lines.append(f"recording  {record.recording_path}")
     # A turn with no words (the echo line's replies, a model without transcription) would print an empty
     # ``AI:`` line; the replies and barge-ins above already count it.
+    if record.turn_latency:
+        lines.append("latency (ms per segment; total: caller stopped → reply played)")
+        lines.extend(latency_table(record.turn_latency))
     worded = [t for t in turns if t.text.strip()]
     lines.append("transcript" if worded else "transcript (none)")
     lines.extend(turn_line(t) for t in worded)

@@ -57,6 +57,7 @@ def _record(row: Row[Any]) -> CallRecord:
     values = {name: row._mapping[name] for name in _RECORD_FIELDS}
     values["usage"] = dict(values["usage"] or {})
     values["parameters"] = dict(values["parameters"] or {})
+    values["turn_latency"] = list(values["turn_latency"] or [])
     return CallRecord(**values)
 
 

@@ -84,6 +84,7 @@ calls = Table(
     Column("usage", JSONDict, nullable=False),
     Column("parameters", JSONDict, nullable=False),
     Column("recording_path", Text),
+    Column("turn_latency", JSONDict),  # NULL for calls stored before it existed
     Column("transfer_destination", Text),
     Column("transfer_to", Text),
     Column("transfer_status", Text),

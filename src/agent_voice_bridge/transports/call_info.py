@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent_voice_bridge.observability.timeline import TurnTimeline
 from agent_voice_bridge.transports.playback import PlaybackTracker
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class CallInfo:
     stream: TwilioMediaStream | None = None
     playback: PlaybackTracker = field(default_factory=PlaybackTracker)
     stats: CallStats = field(default_factory=CallStats)
+    timeline: TurnTimeline = field(default_factory=TurnTimeline)
+    """Each turn's latency, segment by segment (its ``line`` is set when the call's line is known)."""
     control: CallControl | None = None
     """What a stage or tool may do to the call (hang up, end, text); set by the session that runs it."""
     journal: CallJournal | None = None
@@ -68,6 +71,11 @@ class CallInfo:
     for a hang-up."""
     caller_spoke: asyncio.Event = field(default_factory=asyncio.Event)
     """Set the first time the caller is heard speaking (a VAD onset, the model's, or a transcription)."""
+
+    def __post_init__(self) -> None:
+        self.timeline.line = self.line
+        self.playback.on_played = self.timeline.played
+        self.playback.on_clear_confirmed = self.timeline.clear_confirmed
 
     @property
     def direction(self) -> str:

@@ -6,6 +6,9 @@ mark once the audio before it has played, or at once after a ``clear``. So the
 bridge knows, without pacing timers of its own, whether the agent is still audible
 and how many milliseconds of a segment reached the caller's ear before a barge-in
 (which the backends use to truncate the model's memory to what was heard).
+
+Filler audio (``thinking.filler``) is heard but is not the agent's words: it is in no
+segment; its own mark only tells whether some of it may still be queued at Twilio.
 """
 
 from __future__ import annotations
@@ -37,8 +40,26 @@ class PlaybackTracker:
         self._idle = True  # nothing sent is waiting to be played
         self._unmarked_ms = 0.0
         self.on_idle: Callable[[], Awaitable[None]] | None = None
+        self.on_played: Callable[[int, float], None] | None = None
+        """``(segment, when)``: a segment's audio began playing (its first mark's echo, less the audio before it)."""
+        self.on_clear_confirmed: Callable[[], None] | None = None
+        """Twilio echoed a mark a ``clear`` flushed: it has dropped what it held."""
+        self._started: set[int] = set()  # segments whose first echo has come back
+        self._confirming = False  # a clear was sent; its first flushed echo confirms it
         self.marks_sent = 0
         self.marks_echoed = 0
+        self._filler_mark: str | None = None  # follows the filler sent last, until echoed or cleared
+
+    @property
+    def filler_queued(self) -> bool:
+        """Whether filler audio marked with :meth:`next_filler_mark` may still be waiting at Twilio."""
+        return self._filler_mark is not None
+
+    def next_filler_mark(self) -> str:
+        """Name the mark sent after filler audio: its echo says the filler has played out."""
+        self._filler_mark = f"filler:{self.marks_sent}"
+        self.marks_sent += 1
+        return self._filler_mark
 
     @property
     def playing(self) -> bool:
@@ -74,8 +95,15 @@ class PlaybackTracker:
     async def on_mark(self, name: str) -> None:
         """Twilio echoed ``name``: the audio before it has played (unless it was cleared)."""
         self.marks_echoed += 1
+        if name == self._filler_mark:
+            self._filler_mark = None
+            return
         if name in self._flushed:
             self._flushed.discard(name)
+            if self._confirming:
+                self._confirming = False
+                if self.on_clear_confirmed is not None:
+                    self.on_clear_confirmed()
             return
         if not any(m.name == name for m in self._pending):
             return  # not ours (or a duplicate): it says nothing about our audio
@@ -83,6 +111,10 @@ class PlaybackTracker:
         while self._pending:
             mark = self._pending.popleft()
             if mark.name == name:
+                if mark.segment not in self._started:
+                    self._started.add(mark.segment)
+                    if self.on_played is not None:
+                        self.on_played(mark.segment, now - mark.end_ms / 1000.0)
                 self._heard_ms[mark.segment] = mark.end_ms
                 self._anchor = (mark.segment, mark.end_ms, now)
                 if self._pending and self._pending[0].segment != mark.segment:
@@ -110,7 +142,9 @@ class PlaybackTracker:
             self._heard_ms[segment] = self.heard_ms(segment)
         heard = self._heard_ms.get(self.segment, 0.0)
         self._flushed.update(m.name for m in self._pending)
+        self._confirming = bool(self._pending)
         self._pending.clear()
+        self._filler_mark = None
         self._anchor = None
         self._idle = True
         self._unmarked_ms = 0.0

@@ -8,9 +8,10 @@ bridge can observe it (protocols.md §A2–A5):
   every 20 ms of wall clock, silence included, with ``sequenceNumber``,
   ``chunk`` and ``timestamp`` as rising *strings*;
 * it plays the server's audio on its own 8000-samples-per-second clock,
-  echoes each ``mark`` once the audio queued before it has played (or at once
-  if nothing is queued), and on ``clear`` drops unplayed audio and echoes every
-  pending mark;
+  echoes each ``mark`` once the audio queued before it has played, i.e. at the
+  end of the frame that played its last byte (or at once if nothing is queued;
+  ``play_delay`` holds both back, as a slow handset would), and on ``clear``
+  drops unplayed audio and echoes every pending mark;
 * on hang-up it sends ``stop`` as its last message and closes normally.
 
 Everything happens on one *caller clock*: frame ``k`` carries samples
@@ -227,6 +228,12 @@ class CallResult:
     stream_sid: str
     call_sid: str
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    received: list[tuple[float, str, bytes | str]] = field(default_factory=list)
+    """The server's messages in arrival order, each with its time on the caller clock: ``(t, "media", μ-law
+    payload)``, ``(t, "mark", name)``, ``(t, "clear", "")``."""
+    played_late: list[float] = field(default_factory=list)
+    """Per ``audio_start``: seconds from the arrival of that reply's first audio to it starting to play (the
+    ``play_delay`` this simulated Twilio added, on its 20 ms frame clock)."""
     started_at: float = 0.0
     """Time 0 of this result's clock (the ``start`` message) on the caller's event-loop clock, which for
     asyncio's loops is ``time.monotonic()``: it relates the call's times to things that happened elsewhere."""
@@ -254,6 +261,21 @@ class CallResult:
             latencies.append(math.nan if reply is None else round(reply - offset, 6))
         return latencies
 
+    def reply_breakdown(self) -> list[tuple[float, float, float] | None]:
+        """Per utterance, what the caller can see of the reply's latency: (its speech end → the reply's first
+        audio arrived, → it started playing, total), in seconds; None without a reply. Aligned with
+        ``utterances``; the server's own breakdown of the same total is in the call record."""
+        arrivals = [e.t for e in self.events_of("reply_arrived")]
+        out: list[tuple[float, float, float] | None] = []
+        for (_, offset), total in zip(self.utterances, self.reply_latencies()):
+            if math.isnan(total):
+                out.append(None)
+                continue
+            played = offset + total
+            arrived = next((t for t in reversed(arrivals) if offset - 1e-9 <= t <= played + 1e-9), played)
+            out.append((round(arrived - offset, 6), round(played - arrived, 6), total))
+        return out
+
     def clear_latencies(self) -> list[float]:
         """Per clear: its time minus the onset of the latest utterance begun before it.
 
@@ -275,8 +297,10 @@ class CallResult:
         events = self.events if every_mark else self._marks_summarised()
         lines += [f"{e.t:8.3f} s  {e.kind:<17} {e.detail}".rstrip() for e in events]
         lines.append("summary:")
-        for i, ((on, off), lat) in enumerate(zip(self.utterances, self.reply_latencies()), 1):
-            reply = "no reply" if math.isnan(lat) else f"reply after {lat * 1000:.0f} ms"
+        for i, ((on, off), parts) in enumerate(zip(self.utterances, self.reply_breakdown()), 1):
+            reply = "no reply" if parts is None else (
+                f"reply after {parts[2] * 1000:.0f} ms (speech end → first audio arrived {parts[0] * 1000:.0f} ms"
+                f" → played {parts[1] * 1000:.0f} ms)")
             lines.append(f"  utterance {i}: {on:.2f}–{off:.2f} s, {reply}")
         for tc, lat in zip(self.clears, self.clear_latencies()):
             since = "before any speech" if math.isnan(lat) else f"{lat * 1000:.0f} ms after speech onset"
@@ -404,6 +428,7 @@ class _Call:
         account_sid: str,
         custom_parameters: dict[str, str],
         opener: Callable[[str], Awaitable[ClientConnection]] | None = None,
+        play_delay: float = 0.0,
     ) -> None:
         self._ws = ws
         self._opener = opener  # opens the stream a redirect's <Connect><Stream url> names
@@ -430,6 +455,7 @@ class _Call:
         self.marks_echoed: list[str] = []
         self.marks_received = 0
         self.media_bytes_received = 0
+        self.received: list[tuple[float, str, bytes | str]] = []
         self._returned: asyncio.Event | None = None  # set by wait_returned
         self._sent_bytes = 0
         self.stale_media = 0
@@ -442,6 +468,11 @@ class _Call:
         self._stream_first_frame = 0  # a stream's chunk and timestamp count from its own start
         self._between = False  # between a redirect's stop and its new stream: what is sent goes nowhere
         self._moved: asyncio.Future[bool] | None = None  # a redirect's outcome: True once the new stream is open
+        self.play_delay = play_delay
+        self._arriving: deque[tuple[float, str, Any]] = deque()  # (due, "media"|"mark", payload): play_delay
+        self._due_marks: list[str] = []  # passed while playing the last frame: echoed once it has played
+        self._reply_arrived: float | None = None  # loop time the queued reply's first audio arrived
+        self.played_late: list[float] = []
 
     def press_at(self, keys: list[KeysAt]) -> None:
         due = [(k.at + i * k.gap, digit) for k in keys for i, digit in enumerate(k.digits)]
@@ -513,6 +544,8 @@ class _Call:
         delay = self._t0 + self._frames * FRAME_SECONDS - self._loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        await self._echo_due_marks()
+        await self._admit(self._loop.time())
         while self._keys_due and self._keys_due[0][0] <= self.now() + 1e-9:
             if not await self._press(self._keys_due.pop(0)[1]):
                 return False
@@ -531,9 +564,30 @@ class _Call:
         self._heard.append(mulaw.decode_array(frame))
         self._frames += 1
         self._track_playing(k, n)
-        for name in passed:
-            await self._echo_mark(name, "played")
+        self._due_marks.extend(passed)  # echoed at the next frame, when this one has finished playing
         return not self._closed
+
+    @property
+    def _nothing_to_play(self) -> bool:
+        """No audio queued, nor on its way to the player (``play_delay``)."""
+        return self._playback.empty and not self._arriving
+
+    async def _echo_due_marks(self) -> None:
+        due, self._due_marks = self._due_marks, []
+        for name in due:
+            await self._echo_mark(name, "played")
+
+    async def _admit(self, now: float) -> None:
+        """Hand what arrived ``play_delay`` ago to the player, in arrival order."""
+        while self._arriving and self._arriving[0][0] <= now:
+            _, kind, payload = self._arriving.popleft()
+            await self._queue(kind, payload)
+
+    async def _queue(self, kind: str, payload: Any) -> None:
+        if kind == "media":
+            self._playback.add_media(payload)
+        elif self._playback.add_mark(payload):
+            await self._echo_mark(payload, "nothing queued")
 
     def _track_playing(self, k: int, n: int) -> None:
         """Turn per-frame fill levels into audio_start / audio_end events."""
@@ -544,6 +598,9 @@ class _Call:
             self._playback.playing = True
             self._audio_starts.append(round(frame_start, 6))
             self._event("audio_start", t=frame_start)
+            if self._reply_arrived is not None:
+                self.played_late.append(round(self._t0 + frame_start - self._reply_arrived, 6))
+                self._reply_arrived = None
         if self._playback.playing and n < FRAME_SAMPLES:
             self._playback.playing = False
             self._event("audio_end", t=frame_start + n / SAMPLE_RATE)
@@ -638,7 +695,7 @@ class _Call:
     async def _wait_quiet(self, step: WaitQuiet) -> None:
         began = self.now()
         await self._silent_until(
-            lambda: self._playback.empty and self.now() - max(self._last_media_t, began) >= step.idle - 1e-9,
+            lambda: self._nothing_to_play and self.now() - max(self._last_media_t, began) >= step.idle - 1e-9,
             step.timeout, "timeout", f"WaitQuiet: still hearing audio after {step.timeout:g} s")
 
     async def _wait_reply(self, step: WaitReply) -> None:
@@ -646,7 +703,7 @@ class _Call:
                                         f"no {step.what} began within {step.timeout:g} s"):
             return
         await self._silent_until(
-            lambda: self._playback.empty
+            lambda: self._nothing_to_play
             and self.now() - max(self._last_media_t, self._last_played_t) >= step.idle - 1e-9,
             step.longest, "gave_up", f"the {step.what} still played after {step.longest:g} s")
 
@@ -731,6 +788,7 @@ class _Call:
         if not isinstance(payload, str):
             raise TypeError("media.payload is not a string")
         data = base64.b64decode(payload, validate=True)
+        self.received.append((self.now(), "media", data))
         self.media_bytes_received += len(data)
         if self._returned is not None and self.media_bytes_received >= self._sent_bytes:
             self._returned.set()
@@ -738,18 +796,36 @@ class _Call:
         if self._stale_until is not None and self._loop.time() <= self._stale_until:
             self.stale_media += len(data)
             self._event("media_after_clear", f"{len(data)} B")
-        self._playback.add_media(data)
+        if self._reply_arrived is None and self._nothing_to_play:
+            self._reply_arrived = self._loop.time()
+            self._event("reply_arrived", f"{len(data)} B")
+        await self._receive("media", data)
+
+    async def _receive(self, kind: str, payload: Any) -> None:
+        """Queue for playing now, or after ``play_delay`` (a handset's jitter buffer, a slow carrier)."""
+        if self.play_delay > 0:
+            self._arriving.append((self._loop.time() + self.play_delay, kind, payload))
+        else:
+            await self._queue(kind, payload)
 
     async def _on_mark(self, msg: dict[str, Any]) -> None:
         name = msg["mark"]["name"]
         if not isinstance(name, str) or not name:
             raise ValueError("mark without a name")
         self.marks_received += 1
-        if self._playback.add_mark(name):
-            await self._echo_mark(name, "nothing queued")
+        self.received.append((self.now(), "mark", name))
+        await self._receive("mark", name)
 
     async def _on_clear(self, _msg: dict[str, Any]) -> None:
         dropped, pending = self._playback.clear()
+        self.received.append((self.now(), "clear", ""))
+        for _, kind, payload in self._arriving:
+            if kind == "media":
+                dropped += len(payload)
+            else:
+                pending.append(payload)
+        self._arriving.clear()
+        self._reply_arrived = None
         self.clears.append(self.now())
         self._stale_until = self._loop.time() + STALE_WINDOW_SECONDS
         self._event("clear", f"dropped {dropped} B, {len(pending)} pending marks")
@@ -789,6 +865,9 @@ class _Call:
         self._event("stop", "the call's TwiML was replaced")
         await self._ws.close()
         self._playback.clear()
+        self._arriving.clear()  # what was on its way to the player goes too, and no mark of this stream comes back
+        self._due_marks.clear()
+        self._reply_arrived = None
         connected = False
         try:
             for verb in root:
@@ -853,6 +932,7 @@ class _Call:
         """Send ``stop`` as the last message and close with 1000, unless the server already closed."""
         if self._closed:
             return
+        await self._echo_due_marks()
         self._stopped = True
         stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
         if await self._send("stop", {"stop": stop}, final=True):
@@ -874,6 +954,8 @@ class _Call:
             stream_sid=self.stream_sid,
             call_sid=self.call_sid,
             custom_parameters=dict(self.custom_parameters),
+            received=list(self.received),
+            played_late=list(self.played_late),
             started_at=self._t0,
             stream_sids=list(self.stream_sids),
             digits_played=self.digits_played,
@@ -900,6 +982,7 @@ async def run_call(
     linger: float = 0.0,
     keys: list[KeysAt] | None = None,
     redirects: dict[str, Callable[[str], object]] | None = None,
+    play_delay: float = 0.0,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -920,6 +1003,8 @@ async def run_call(
     ``keys``: key presses at set times on the caller clock, beside the script (see :class:`KeysAt`).
     ``redirects``: while the call is live, ``redirects[call_sid](twiml)`` (callable from any thread, e.g. a
     fake Twilio REST server's) replaces the call's TwiML as Twilio's REST update does (see ``_Call.redirect``).
+    ``play_delay``: the server's audio (and its marks) start playing this many seconds after they arrive,
+    as behind a handset's jitter buffer; ``clear`` drops what is still on its way too.
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -949,7 +1034,7 @@ async def run_call(
         return await _open_stream(resolved, signed, connect_timeout, ssl_context)
 
     call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params,
-                 opener=open_next)
+                 opener=open_next, play_delay=play_delay)
     call.press_at(keys or [])
     loop = asyncio.get_running_loop()
     if redirects is not None:

@@ -10,7 +10,10 @@ Pushes upstream (and downstream) ``BotStartedSpeakingFrame`` when a segment's
 first audio leaves and ``BotStoppedSpeakingFrame`` when its last mark comes back or
 it is cleared; ``vad.interrupter`` uses them to know the caller is talking over
 the agent. Audio frames marked ``interruptible=False`` (``loopback``) are sent
-without marks and never count as the agent speaking.
+without marks and never count as the agent speaking. Filler audio (``FILLER`` in
+its metadata, from ``thinking.filler``) is not the agent's either: it is in no
+segment, a ``FillerSentFrame`` gets it a mark of its own, and a ``FillerStoppedFrame``
+a ``clear`` when some of it may still be queued, before the agent's audio follows.
 
 pipecat's ``OutputDTMFFrame``/``OutputDTMFUrgentFrame`` (a stage's way to press keys)
 become the call's ``send_digits``: Twilio has no key message on the stream, so the call
@@ -31,12 +34,10 @@ from pipecat.frames.frames import (
     MetricsFrame,
     OutputDTMFFrame,
     OutputDTMFUrgentFrame,
-    ProposedUserStartedSpeakingFrame,
     TranscriptionFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
-    UserStartedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -48,7 +49,13 @@ from agent_voice_bridge import metrics
 from agent_voice_bridge.pipelines.formats import MULAW_8K, AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import Stage, StageContext, StageParams
 from agent_voice_bridge.processors.audio_stage import AudioSink
-from agent_voice_bridge.processors.frames import OutputMulawAudioFrame
+from agent_voice_bridge.processors.frames import (
+    CALLER_STARTED,
+    FILLER,
+    FillerSentFrame,
+    FillerStoppedFrame,
+    OutputMulawAudioFrame,
+)
 from agent_voice_bridge.transports.call_control import CallControl
 from agent_voice_bridge.transports.call_info import CallInfo
 
@@ -88,6 +95,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         self._playback = call.playback
         self._mark_every_ms = mark_every_ms
         self._unmarked_ms = 0.0
+        self._filler_unmarked = False  # filler audio sent since its last mark
         self._in_segment = False
         self._speaking = False
         self._playback.on_idle = self._on_playback_idle
@@ -115,6 +123,10 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             await self._end_segment()
         elif isinstance(frame, (OutputDTMFFrame, OutputDTMFUrgentFrame)):
             self._press(frame.to_string())
+        elif isinstance(frame, FillerSentFrame):
+            await self._mark_filler()
+        elif isinstance(frame, FillerStoppedFrame):
+            await self._clear_filler()
         self._note(frame)
         await self.push_frame(frame, direction)
 
@@ -145,8 +157,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         journal = self._call.journal
         if isinstance(frame, VADUserStoppedSpeakingFrame):
             self._caller_stopped_at = frame.timestamp - frame.stop_secs
-        elif isinstance(frame, (VADUserStartedSpeakingFrame, UserStartedSpeakingFrame,
-                                ProposedUserStartedSpeakingFrame)):  # our VAD's, or the model's own
+        elif isinstance(frame, CALLER_STARTED):  # our VAD's, or the model's own
             if isinstance(frame, VADUserStartedSpeakingFrame):
                 self._caller_started_at = frame.timestamp - frame.start_secs
             self._call.caller_spoke.set()
@@ -173,9 +184,13 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             self._call.recorder.agent_audio(frame.audio)
         if not frame.interruptible:
             return
+        if frame.metadata.get(FILLER):
+            self._filler_unmarked = True
+            return
         if not self._in_segment:
             self._in_segment = True
             segment = self._playback.new_segment()
+            self._call.timeline.reply_sent(segment)
             if self._call.journal is not None:
                 self._call.journal.agent_audio(segment)
         ms = len(frame.audio) / BYTES_PER_MS
@@ -190,12 +205,32 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
 
     async def _send_mark(self) -> None:
         self._unmarked_ms = 0.0
-        name = self._playback.next_mark()
+        await self._mark(self._playback.next_mark())
+
+    async def _mark_filler(self) -> None:
+        if self._filler_unmarked:
+            self._filler_unmarked = False
+            await self._mark(self._playback.next_filler_mark())
+
+    async def _mark(self, name: str) -> None:
         if self._call.recorder is not None:
             self._call.recorder.mark_sent(name)  # before the send: its echo may be read during the await
         stream = self._call.stream
         assert stream is not None
         await stream.send(stream.messages.mark(name))
+
+    async def _clear_filler(self) -> None:
+        """Drop what of the filler Twilio may still hold. Only filler can be queued: it plays when the agent
+        has stopped being audible, and stops before the agent's next audio."""
+        if not (self._filler_unmarked or self._playback.filler_queued):
+            return
+        self._filler_unmarked = False
+        stream = self._call.stream
+        assert stream is not None
+        await stream.send(stream.messages.clear())
+        self._playback.on_clear()
+        if self._call.recorder is not None:
+            self._call.recorder.cleared()
 
     async def _end_segment(self) -> None:
         if self._in_segment and self._unmarked_ms > 0:
@@ -210,6 +245,8 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         stream = self._call.stream
         assert stream is not None
         await stream.send(stream.messages.clear())
+        self._filler_unmarked = False
+        self._call.timeline.cleared()
         heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1

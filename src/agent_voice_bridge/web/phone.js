@@ -14,6 +14,7 @@
   const HANGOVER_S = 0.3; // this much quiet ends the caller's speech
   const WINDOW_S = 20; // seconds shown on the timeline
   const KEEP_S = 120; // timeline history kept
+  const TURNS_POLL_MS = 1500; // how often the page asks the server for its per-turn breakdown
   const KEY_STORE = 'voice-bridge-api-key';
 
   // ---- options and the API key (taken from ?key= once, then kept for this tab only)
@@ -78,6 +79,7 @@
     markEchoes: [], // {t, name, cleared}: when each mark went back (its audio played, or a clear dropped it)
     transcripts: [],
     keys: '', // every key pressed on this call, in order (sent as Twilio's dtmf messages)
+    serverTurns: [], // the server's breakdown of each reply: {turn, at_ms, segments: {name: ms}, total_ms}
   };
   window.softphone = phone;
 
@@ -97,6 +99,8 @@
   let agent = null;
   let lanes = null; // timeline data
   let muted = false;
+  let turnsPoll = null; // interval asking the server for its per-turn breakdown while the call is live
+  let turnsShown = new Set(); // turns already in the event list
 
   function resetCall() {
     phone.callSid = '';
@@ -111,7 +115,8 @@
       receivedLevel: -100, replies: 0,
     };
     for (const k of ['events', 'latencies', 'bargeIns', 'sentLevels', 'receivedLevels', 'receivedClears',
-      'playedLevels', 'markEchoes', 'transcripts']) phone[k] = [];
+      'playedLevels', 'markEchoes', 'transcripts', 'serverTurns']) phone[k] = [];
+    turnsShown = new Set();
     seq = 0;
     chunk = 0;
     recvBlock = 0;
@@ -248,6 +253,27 @@
     t0 = ctx.currentTime;
     setState('live', `on the line (audio ${ctx.sampleRate} Hz → 8 kHz μ-law)`);
     event('start', `call ${phone.callSid}`, 0);
+    turnsPoll = setInterval(pollServerTurns, TURNS_POLL_MS);
+  }
+
+  // ---- the server's side of each reply's latency (observability/timeline.py), beside what the page measures
+
+  const fmtTurn = (turn) => Object.entries(turn.segments).map(([name, ms]) => `${name} ${Math.round(ms)}`)
+    .join(' · ') + (turn.total_ms == null ? '' : ` = ${Math.round(turn.total_ms)} ms`);
+
+  async function pollServerTurns() {
+    if (phone.state !== 'live') return;
+    let turns;
+    try {
+      turns = await api(`/phone/calls/${encodeURIComponent(phone.callSid)}/turns`);
+    } catch { return; } // the call just ended, or the server is busy: the next poll will tell
+    phone.serverTurns = turns; // all of them each time: a turn's barge-in is added after its reply
+    for (const turn of turns) {
+      if (turn.total_ms != null && !turnsShown.has(turn.turn)) {
+        turnsShown.add(turn.turn);
+        event('server', `turn ${turn.turn}: ${fmtTurn(turn)}`);
+      }
+    }
   }
 
   function hangUp() {
@@ -284,6 +310,8 @@
   }
 
   function teardown() {
+    if (turnsPoll) clearInterval(turnsPoll);
+    turnsPoll = null;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     ws = null;
     for (const n of nodes) { try { n.disconnect(); } catch { /* already */ } }
@@ -602,6 +630,8 @@
     const sorted = [...lat].sort((a, b) => a - b);
     txt('s-latency', lat.length ? `last ${lat[lat.length - 1]} ms, median ${sorted[Math.floor(sorted.length / 2)]} ms`
       : '—');
+    const last = phone.serverTurns.length ? phone.serverTurns[phone.serverTurns.length - 1] : null;
+    txt('s-turn', last ? `turn ${last.turn}: ${fmtTurn(last)}` : '—');
     txt('s-buffer', `${Math.round(s.bufferedMs)} ms queued (jitter margin ${prebufferMs} ms), ${s.gaps} gaps`);
     const width = (db) => `${Math.round(Math.max(0, Math.min(1, (db + 70) / 64)) * 100)}%`;
     $('mic-meter').style.width = phone.state === 'live' ? width(s.micLevel) : '0%';

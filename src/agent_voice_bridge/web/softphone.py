@@ -52,6 +52,8 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+SOFTPHONE_CALLER = "browser"
+"""The caller ID of the softphone's calls (it has no number)."""
 REPO_PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"
 """The repository's ``pipelines/`` when running from a checkout (editable install)."""
 
@@ -221,7 +223,7 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) 
             raise HTTPException(status_code=404, detail=f"no line {line[:64]!r} on this server; its lines: "
                                 + ", ".join(known.name for known in chains.lines))
         call_sid = "CA" + uuid.uuid4().hex
-        parameters = {"caller": "browser", "callee": "softphone", "callSid": call_sid}
+        parameters = {"caller": SOFTPHONE_CALLER, "callee": "softphone", "callSid": call_sid}
         parameters.update(gate.stream_parameters(call_sid, parameters["caller"], parameters["callee"], picked.name))
         # The AI stage opens its session with this call's instructions, as /incoming does for Twilio's calls.
         picked.chain.connect_early(CallInfo(call_sid=call_sid, stream_sid="", caller=parameters["caller"],
@@ -231,5 +233,16 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) 
         return JSONResponse({"callSid": call_sid, "streamPath": STREAM_PATH, "parameters": parameters,
                              "line": picked.name, "pipeline": picked.chain.source},
                             headers={"Cache-Control": "no-store"})
+
+    @router.get("/phone/calls/{call_sid}/turns", include_in_schema=False)
+    async def phone_call_turns(call_sid: str, request: Request) -> JSONResponse:
+        """A live softphone call's per-turn latency breakdown as the server measured it (the page shows it
+        beside its own figures)."""
+        authorised(request)
+        live = next((c for c in request.app.state.calls.live.values()
+                     if c.info.call_sid == call_sid and c.info.caller == SOFTPHONE_CALLER), None)
+        if live is None:
+            raise HTTPException(status_code=404, detail="no softphone call with that SID is live")
+        return JSONResponse(live.info.timeline.records(), headers={"Cache-Control": "no-store"})
 
     return router

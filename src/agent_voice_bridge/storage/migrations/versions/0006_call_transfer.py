@@ -1,8 +1,8 @@
 """Where a call was transferred (cold transfer to a person): the destination's name, its number, and how the
 dial ended (Twilio's ``DialCallStatus``; empty until Twilio says).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-08
 
 Written out in full rather than importing tables.py (see 0001).
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
