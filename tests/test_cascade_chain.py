@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.util
-import weakref
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -92,25 +93,38 @@ def test_token_counts_are_not_secrets() -> None:
     assert not is_secret("max_tokens")
 
 
-@pytest.mark.skipif(not LOCAL, reason="needs the [local] extra: pip install 'agent-voice-bridge[local]'")
-def test_chains_share_their_models_and_the_models_go_with_the_last_chain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reload that drops every chain naming a model lets the model go (issue 17), instead of keeping every
-    model a configuration ever named until the process exits."""
-    from agent_voice_bridge.services import message_transcriber
+CHAINS_FREE_THEIR_MODELS = """
+import gc, weakref
+from pathlib import Path
+from agent_voice_bridge.pipelines.chain import build_chain
+from agent_voice_bridge.pipelines.loader import load_file
+loaded = load_file(Path({root!r}) / "pipelines" / "claude.yaml", {{"ANTHROPIC_API_KEY": "k"}})
+first, second = build_chain(loaded), build_chain(loaded)
+first.warm_up()
+second.warm_up()
+assert len(first.held) == 2 and all(a is b for a, b in zip(first.held, second.held)), "one Whisper, one voice"
+models = [weakref.ref(model) for model in first.held]
+del first
+gc.collect()
+assert all(ref() is not None for ref in models), "the chain still serving holds them"
+del second
+gc.collect()
+assert [ref() for ref in models] == [None, None], "no chain holds them any more: freed"
+"""
 
-    monkeypatch.setattr(message_transcriber, "_last_model", None)  # a voicemail test's transcription: not a chain
-    loaded = load_file(ROOT / "pipelines" / "claude.yaml", {"ANTHROPIC_API_KEY": "k"})
-    first, second = build_chain(loaded), build_chain(loaded)
-    first.warm_up()
-    second.warm_up()
-    assert len(first.held) == 2 and all(a is b for a, b in zip(first.held, second.held)), "one Whisper, one voice"
-    models = [weakref.ref(model) for model in first.held]
-    del first
-    gc.collect()
-    assert all(ref() is not None for ref in models), "the chain still serving holds them"
-    del second
-    gc.collect()
-    assert [ref() for ref in models] == [None, None], "no chain holds them any more: freed"
+
+@pytest.mark.skipif(not LOCAL, reason="needs the [local] extra: pip install 'agent-voice-bridge[local]'")
+def test_chains_share_their_models_and_the_models_go_with_the_last_chain() -> None:
+    """A reload that drops every chain naming a model lets the model go (issue 17), instead of keeping every
+    model a configuration ever named until the process exits.
+
+    In a process of its own: models that an earlier test's calls used outlive those calls in the test worker,
+    held by a reference outside Python's gc (not yet traced; see the issue 17 note), and the cache rightly
+    hands those out again.
+    """
+    done = subprocess.run([sys.executable, "-c", CHAINS_FREE_THEIR_MODELS.format(root=str(ROOT))],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.skipif(not LOCAL, reason="needs the [local] extra: pip install 'agent-voice-bridge[local]'")
