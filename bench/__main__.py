@@ -5,6 +5,7 @@
     python -m bench --calls 1,50 --seconds 20 --only load
     python -m bench --only cascade        # Whisper → fake Claude → Piper reply time (needs the [local] extra)
     python -m bench --only reloads        # 50 calls through 10 live edits, then 100 reloads (~2 minutes)
+    python -m bench --only turns          # turn-taking on phone-line scenes, ours and pipecat (needs espeak-ng)
 
 Writes ``bench/results/bench-<time>.json`` and ``.png`` (``--publish`` also writes the
 committed copies ``bench/results-latest.json`` and ``bench/results-latest.png``).
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("codec", "load", "barge-in", "setup", "stages", "cascade", "reloads")
-OPT_IN = ("cascade",)  # only with --only: needs the [local] extra
+PARTS = ("codec", "load", "barge-in", "setup", "stages", "cascade", "reloads", "turns")
+OPT_IN = ("cascade", "turns")  # only with --only: the [local] extra; ~10 minutes of calls
 DEFAULT_PARTS = ("codec", "load", "barge-in", "setup")  # --quick leaves out "stages" (six more load runs)
 QUICK = {"calls": [1, 4], "seconds": 6.0, "ramp": 1.0, "codec_frames": 1000, "builds": 50, "pipecat_builds": 5,
          "barge_calls": 2, "barge_rounds": 2, "stage_calls": 4, "stage_seconds": 5.0, "quiet_wait": 5.0,
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default="ours,pipecat",
                         help="servers to load: ours (serve's default workers, or --workers), ours-wN (N worker "
                              "processes), pipecat")
+    parser.add_argument("--turn-servers", default="ours,pipecat",
+                        help="--only turns: servers to compare: ours, pipecat, ours-NAME (bench/pipelines/turns-NAME.yaml)")
+    parser.add_argument("--turn-repeats", type=int, default=3, help="--only turns: how many times each scene kind runs")
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--calls-per-process", type=int, default=25, help="simulated calls per caller process")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where to write JSON, PNG and logs")
@@ -185,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{settings['reloads']} reloads …", file=sys.stderr, flush=True)
         results["reloads"] = run_reloads(settings["reload_calls"], settings["reload_edits"], settings["reloads"],
                                          out / "logs", workers=args.workers)
+    if "turns" in parts:
+        from bench.turns import run_turns
+        from bench.turns import table as turns_table
+
+        print("  turn-taking scenes …", file=sys.stderr, flush=True)
+        results["turns"] = run_turns([s.strip() for s in args.turn_servers.split(",") if s.strip()],
+                                     repeats=args.turn_repeats, log_dir=out / "logs", workers=args.workers)
+        print(turns_table(results["turns"], conditions=True))
     results["meta"]["duration_s"] = round(time.monotonic() - began, 1)
 
     from bench.report import plot, table, write_json

@@ -10,6 +10,12 @@ then to Twilio's 8 kHz μ-law, exactly as it would treat a model's voice.
 ``auto_hang_up=False``: no Twilio credentials, no REST calls. Nothing here is ours
 except the echo (a dozen lines) and the ``/healthz`` route the harness polls.
 
+``--line turns`` (the turn-taking benchmark, ``bench/turns.py``): instead of the echo, pipecat's default
+turn-taking, ``VADProcessor(SileroVADAnalyzer())`` then ``UserTurnProcessor()`` (its default strategies:
+the VAD's start begins the turn and interrupts; Smart Turn v3 with the VAD's silence ends it, not
+waiting for a transcript, as ``realtime_service_mode`` sets it for an audio-in model), and
+``bench.known_reply.KnownReply`` answering each turn's end with a known reply.
+
 Run: ``python -m bench.reference_server --port 8090`` (from the repository root).
 """
 
@@ -46,7 +52,8 @@ class ImmediateEcho(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-def build_reference(websocket: object, stream_sid: str, call_sid: str) -> tuple[FastAPIWebsocketTransport, PipelineWorker]:
+def build_reference(websocket: object, stream_sid: str, call_sid: str,
+                    line: str = "echo") -> tuple[FastAPIWebsocketTransport, PipelineWorker]:
     """One call's transport and worker, the way pipecat's Twilio examples put them together."""
     serializer = TwilioFrameSerializer(
         stream_sid=stream_sid,
@@ -62,12 +69,22 @@ def build_reference(websocket: object, stream_sid: str, call_sid: str) -> tuple[
             serializer=serializer,
         ),
     )
-    pipeline = Pipeline([
-        transport.input(),
-        VADProcessor(vad_analyzer=SileroVADAnalyzer()),
-        ImmediateEcho(),
-        transport.output(),
-    ])
+    if line == "turns":
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+        from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+        from pipecat.turns.user_turn_processor import UserTurnProcessor
+        from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+        from bench.known_reply import KnownReply
+
+        # The default stop strategy as pipecat's realtime_service_mode sets it: an audio-in model has no
+        # transcript to wait for (with one, the turn would only end at the 5 s user_turn_stop_timeout).
+        stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3(), wait_for_transcript=False)
+        turns = UserTurnProcessor(user_turn_strategies=UserTurnStrategies(stop=[stop]))
+        middle = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), turns, KnownReply(sample_rate=IN_RATE)]
+    else:
+        middle = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), ImmediateEcho()]
+    pipeline = Pipeline([transport.input(), *middle, transport.output()])
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=IN_RATE, audio_out_sample_rate=OUT_RATE),
@@ -78,7 +95,7 @@ def build_reference(websocket: object, stream_sid: str, call_sid: str) -> tuple[
     return transport, worker
 
 
-def create_app() -> FastAPI:
+def create_app(line: str = "echo") -> FastAPI:
     app = FastAPI()
     live = {"calls": 0, "finished": 0}
 
@@ -93,7 +110,7 @@ def create_app() -> FastAPI:
         if transport_type != "twilio":
             await websocket.close(code=1008)
             return
-        transport, worker = build_reference(websocket, call_data["stream_id"], call_data["call_id"])
+        transport, worker = build_reference(websocket, call_data["stream_id"], call_data["call_id"], line)
 
         @transport.event_handler("on_client_disconnected")
         async def on_client_disconnected(_transport, _client):
@@ -118,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--line", choices=("echo", "turns"), default="echo",
+                        help="echo: the load benchmark's echo; turns: default turn-taking and a known reply")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level=args.log_level.upper())
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level)
+    if args.line == "turns":
+        from bench.known_reply import KnownReply
+
+        KnownReply(sample_rate=IN_RATE)  # synthesise the replies before the first call
+    uvicorn.run(create_app(args.line), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -192,9 +192,9 @@ class ServerSpec:
         return ServerSpec("ours", argv)
 
     @staticmethod
-    def pipecat(port: int) -> ServerSpec:
+    def pipecat(port: int, line: str = "echo") -> ServerSpec:
         return ServerSpec("pipecat", [sys.executable, "-m", "bench.reference_server", "--host", LOOPBACK,
-                                      "--port", str(port), "--log-level", "warning"])
+                                      "--port", str(port), "--log-level", "warning", "--line", line])
 
     @property
     def workers(self) -> int:

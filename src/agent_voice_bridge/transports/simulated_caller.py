@@ -40,7 +40,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -53,6 +53,7 @@ from agent_voice_bridge.audio import mulaw
 
 __all__ = [
     "FRAME_SAMPLES",
+    "LineModel",
     "FRAME_SECONDS",
     "SAMPLE_RATE",
     "CallEvent",
@@ -197,6 +198,20 @@ class Until:
 
 
 Step = Say | Pause | WaitHeard | WaitQuiet | WaitReply | Dtmf | Until | WaitKeys
+
+
+class LineModel(Protocol):
+    """What lies between the caller's mouth and ear and the wire: noise, echo of what it plays, the band-limit.
+
+    ``outgoing`` turns each 20 ms frame the caller says (int16, 160 samples, silence included) into what the
+    line sends; ``played`` is told each 20 ms frame the caller's phone just played (what the server sent,
+    silence when nothing is queued), after the frame of the same instant was sent, so an echo of it can
+    reach the frames that follow. Used by ``bench.turns`` (echo and noise scenes).
+    """
+
+    def outgoing(self, pcm: np.ndarray) -> np.ndarray: ...
+
+    def played(self, pcm: np.ndarray) -> None: ...
 
 
 # --------------------------------------------------------------------------- results
@@ -429,9 +444,11 @@ class _Call:
         custom_parameters: dict[str, str],
         opener: Callable[[str], Awaitable[ClientConnection]] | None = None,
         play_delay: float = 0.0,
+        line: LineModel | None = None,
     ) -> None:
         self._ws = ws
         self._opener = opener  # opens the stream a redirect's <Connect><Stream url> names
+        self._line = line
         self.stream_sid = stream_sid
         self.stream_sids = [stream_sid]
         self.call_sid = call_sid
@@ -550,6 +567,8 @@ class _Call:
             if not await self._press(self._keys_due.pop(0)[1]):
                 return False
         k = self._frames
+        if self._line is not None:
+            pcm = self._line.outgoing(pcm)
         wire = mulaw.encode_array(pcm)
         media = {
             "track": "inbound",
@@ -562,6 +581,8 @@ class _Call:
         frame, n, passed = self._playback.take_frame()
         self._sent.append(mulaw.decode_array(wire))
         self._heard.append(mulaw.decode_array(frame))
+        if self._line is not None:
+            self._line.played(self._heard[-1])
         self._frames += 1
         self._track_playing(k, n)
         self._due_marks.extend(passed)  # echoed at the next frame, when this one has finished playing
@@ -983,6 +1004,7 @@ async def run_call(
     keys: list[KeysAt] | None = None,
     redirects: dict[str, Callable[[str], object]] | None = None,
     play_delay: float = 0.0,
+    line: LineModel | None = None,
 ) -> CallResult:
     """Place one simulated call and return what was sent and heard.
 
@@ -1005,6 +1027,8 @@ async def run_call(
     fake Twilio REST server's) replaces the call's TwiML as Twilio's REST update does (see ``_Call.redirect``).
     ``play_delay``: the server's audio (and its marks) start playing this many seconds after they arrive,
     as behind a handset's jitter buffer; ``clear`` drops what is still on its way too.
+    ``line``: a :class:`LineModel` the caller's audio passes through (noise, echo of what it heard, band-limit);
+    utterance bounds stay those of the clean speech each ``Say`` holds.
     """
     call_sid = call_sid or _sid("CA")
     account_sid = account_sid or _sid("AC")
@@ -1034,7 +1058,7 @@ async def run_call(
         return await _open_stream(resolved, signed, connect_timeout, ssl_context)
 
     call = _Call(ws, stream_sid=_sid("MZ"), call_sid=call_sid, account_sid=account_sid, custom_parameters=params,
-                 opener=open_next, play_delay=play_delay)
+                 opener=open_next, play_delay=play_delay, line=line)
     call.press_at(keys or [])
     loop = asyncio.get_running_loop()
     if redirects is not None:
