@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -43,6 +44,10 @@ CONTEXT = {16000: 64, 8000: 32}
 RESET_INTERVAL_SECS = 2.0
 RESET_MAX_CONFIDENCE = 0.1
 RESET_LOW_CONFIDENCE_WINDOWS = 5
+# A reset is due after a window that scored low, but that window may be the soft first 32 ms of a word: a
+# bare zero state then ramps up again inside the word and scores half of a 300 ms "uh-huh" as speech, once
+# every 2 s (issue 19). So the fresh state is warmed on the last windows, as if it had heard them.
+RESET_WARM_WINDOWS = 4
 
 MAX_BATCH = 64
 MAX_DELAY_SECS = 0.004
@@ -86,7 +91,7 @@ class SileroStream:
     """
 
     __slots__ = ("rate", "window", "state", "context", "may_reset", "_reset_windows",
-                 "_since_reset", "_low", "_batcher", "_pending")
+                 "_since_reset", "_low", "_batcher", "_pending", "_recent")
 
     def __init__(self, rate: int, batcher: SileroBatcher | None = None):
         if rate not in WINDOW:
@@ -99,6 +104,7 @@ class SileroStream:
         self._reset_windows = round(RESET_INTERVAL_SECS * rate / self.window)
         self._since_reset = 0
         self._low = 0
+        self._recent: deque[np.ndarray] = deque(maxlen=RESET_WARM_WINDOWS)  # model input rows, for a reset
         self._batcher = batcher
         self._pending = False
         if batcher is not None:
@@ -131,12 +137,21 @@ class SileroStream:
         """Take the model's output for input row ``x``, then reset if one is due (from the next window on)."""
         self.state = state
         self.context = x[-len(self.context):]
+        self._recent.append(x)
         self._since_reset += 1
         self._low = self._low + 1 if prob < RESET_MAX_CONFIDENCE else 0
         if self._since_reset >= self._reset_windows and self.may_reset and self._low >= RESET_LOW_CONFIDENCE_WINDOWS:
-            self.state = _ZERO_STATE
-            self.context = _ZERO_CONTEXT[self.rate]
-            self._since_reset = 0
+            self._reset()
+
+    def _reset(self) -> None:
+        """pipecat's reset (a zero state), then the last windows again, so the state knows the latest audio."""
+        recent = np.stack(self._recent)
+        recent[0, :len(self.context)] = 0.0  # the first row's context came before the reset
+        state = _ZERO_STATE[:, None]
+        for row in recent:
+            _, state = infer(self.rate, row[None], state)
+        self.state = state[:, 0]
+        self._since_reset = 0
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SileroBatcher] = weakref.WeakKeyDictionary()

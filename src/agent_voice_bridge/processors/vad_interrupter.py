@@ -48,22 +48,35 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection
 from pydantic import Field
 
+from agent_voice_bridge.audio.echo_gate import EchoGate
 from agent_voice_bridge.audio.silero_batch import WINDOW, SileroBatcher, SileroStream, shared_session
 from agent_voice_bridge.pipelines.formats import AudioFormat, Side, require
 from agent_voice_bridge.pipelines.stage import StageContext, StageParams
 from agent_voice_bridge.processors.audio_stage import AudioStage
+from agent_voice_bridge.transports.playback import PlaybackTracker
 
 QUIET, STARTING, SPEAKING, STOPPING = VADState.QUIET, VADState.STARTING, VADState.SPEAKING, VADState.STOPPING
 SPEECH_ACTIVITY_SECS = 1.0
 """``UserSpeakingFrame`` spacing while the caller talks (keeps turn/idle watchers fed; nothing here reads it)."""
 _START, _STOP, _ACTIVITY = "start", "stop", "activity"
+CALLER_SHARE = 0.8
+"""Over an echo, the share of a run's 16 ms halves that must be louder than the echo for it to be the caller."""
 _FLOAT_SCALE = np.float32(1 / 32768)
+
+
+def window_energy(window: np.ndarray) -> float:
+    """Mean square of float samples in [-1, 1)."""
+    return float(np.dot(window, window)) / len(window)
+
+
+def energy_volume(energy: float) -> float:
+    """A mean square as pipecat's volume: dBFS mapped from [-110, -10] to [0, 1]."""
+    return 0.0 if energy <= 0.0 else min(1.0, max(0.0, (10.0 * math.log10(energy) + 110.0) / 100.0))
 
 
 def window_volume(window: np.ndarray) -> float:
     """RMS level of float samples in [-1, 1), dBFS mapped from [-110, -10] to [0, 1] like pipecat's volume."""
-    energy = float(np.dot(window, window)) / len(window)
-    return 0.0 if energy <= 0.0 else min(1.0, max(0.0, (10.0 * math.log10(energy) + 110.0) / 100.0))
+    return energy_volume(window_energy(window))
 
 
 class VADInterrupterParams(StageParams):
@@ -72,6 +85,17 @@ class VADInterrupterParams(StageParams):
     stop_secs: float = Field(default=0.6, ge=0.05, le=5, description="Silence that ends the caller's turn.")
     min_volume: float = Field(default=0.3, ge=0, le=1,
                               description="Quieter windows are never speech: 0.3 is -80 dBFS, i.e. not digital silence.")
+    backchannel_secs: float = Field(
+        default=0.5, ge=0, le=2,
+        description="While the agent is audible, speech must last this long to interrupt it (and to start the "
+                    "caller's turn): a shorter 'uh-huh' or cough does neither. 0: start_secs, as for any turn.")
+    echo_gate: bool = Field(
+        default=True,
+        description="Speech that follows what the caller's phone just played (known from Twilio's mark echoes), "
+                    "a little later and quieter, is its echo: a speakerphone's leak does not interrupt the agent.")
+    echo_margin_db: float = Field(
+        default=3.0, ge=0, le=30,
+        description="A run that follows the agent's played audio is echo unless it is at most this many dB below it.")
 
 
 class VADInterrupter(AudioStage):
@@ -88,7 +112,9 @@ class VADInterrupter(AudioStage):
     detects_speech = True
 
     def __init__(self, *, sample_rate: int = 16000, confidence: float = 0.7, start_secs: float = 0.2,
-                 stop_secs: float = 0.6, min_volume: float = 0.3, **kwargs):
+                 stop_secs: float = 0.6, min_volume: float = 0.3, backchannel_secs: float = 0.5,
+                 echo_gate: bool = True, echo_margin_db: float = 3.0, playback: PlaybackTracker | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if sample_rate not in WINDOW:
             raise ValueError(f"vad.interrupter needs 8000 or 16000 Hz audio, not {sample_rate}")
@@ -103,6 +129,10 @@ class VADInterrupter(AudioStage):
         self._agent_audible = False
         self._state, self._speaking = QUIET, False
         self._starting = self._stopping = self._since_activity = 0
+        self._backchannel_windows = round(backchannel_secs * sample_rate / self._window)
+        self._echo_gate = (EchoGate(playback.played, margin_db=echo_margin_db)
+                           if echo_gate and playback is not None else None)
+        self._halves: deque[float] = deque(maxlen=128)  # energies of the last windows' halves (16 ms each)
         self._set_params(VADParams(confidence=confidence, start_secs=start_secs, stop_secs=stop_secs,
                                    min_volume=min_volume))
 
@@ -117,7 +147,8 @@ class VADInterrupter(AudioStage):
     @classmethod
     def create(cls, params: VADInterrupterParams, ctx: StageContext) -> VADInterrupter:
         assert ctx.audio_in is not None
-        return cls(sample_rate=ctx.audio_in.rate, **params.model_dump())
+        playback = ctx.call.playback if ctx.call is not None else None
+        return cls(sample_rate=ctx.audio_in.rate, playback=playback, **params.model_dump())
 
     @property
     def params(self) -> VADParams:
@@ -171,11 +202,20 @@ class VADInterrupter(AudioStage):
         while len(pending) >= 2 * self._window:
             window = np.frombuffer(pending, np.int16, self._window) * _FLOAT_SCALE
             del pending[:2 * self._window]
-            scored = partial(self._on_window, window_volume(window), time.time())
+            half = self._window // 2
+            first, second = window_energy(window[:half]), window_energy(window[half:])
+            scored = partial(self._on_window, energy_volume((first + second) / 2), time.time(),
+                             (first, second, time.monotonic()))
             self._stream.submit(window, scored)
 
-    def _on_window(self, volume: float, at: float, confidence: float) -> None:
-        """pipecat's ``VADAnalyzer._run_analyzer`` rule for one window; events are queued with the window's time."""
+    def _on_window(self, volume: float, at: float, halves: tuple[float, float, float], confidence: float) -> None:
+        """pipecat's ``VADAnalyzer._run_analyzer`` rule for one window; events are queued with the window's time.
+
+        Two additions: over the agent's audio a run must last ``backchannel_secs`` to start a turn, and a
+        run the echo gate finds to be the agent's own echo does not start one (it stays STARTING, and is
+        asked again with the next window).
+        """
+        self._halves.extend(halves[:2])
         speaking = confidence >= self._params.confidence and volume >= self._params.min_volume
         state = self._state
         if speaking:
@@ -191,7 +231,10 @@ class VADInterrupter(AudioStage):
             state, self._stopping = STOPPING, 1
         elif state is STOPPING:
             self._stopping += 1
-        if state is STARTING and self._starting >= self._start_windows:
+        start_windows = self._start_windows
+        if self._agent_audible and self._backchannel_windows > start_windows:
+            start_windows = self._backchannel_windows  # over the agent, only sustained speech counts
+        if state is STARTING and self._starting >= start_windows and self._is_caller(start_windows, halves[2]):
             state, self._starting = SPEAKING, 0
         if state is STOPPING and self._stopping >= self._stop_windows:
             state, self._stopping = QUIET, 0
@@ -208,6 +251,13 @@ class VADInterrupter(AudioStage):
             if self._since_activity % self._activity_windows == 0:
                 self._queue_event(_ACTIVITY, at)
             self._since_activity += 1
+
+    def _is_caller(self, windows: int, until: float) -> bool:
+        """Whether the last ``windows`` windows are the caller, not the echo of the agent (most of their halves)."""
+        if self._echo_gate is None:
+            return True
+        run = np.fromiter(self._halves, float)[-2 * windows:]
+        return self._echo_gate.caller_blocks(run, until) >= CALLER_SHARE * len(run)
 
     def _queue_event(self, kind: str, at: float) -> None:
         self._events.append((kind, at))

@@ -18,12 +18,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from agent_voice_bridge.audio.echo_gate import PlayedAudio
+
 
 @dataclass
 class _PendingMark:
     name: str
     segment: int
     end_ms: float
+    block: int  # PlayedAudio's block index at the mark
 
 
 class PlaybackTracker:
@@ -49,6 +52,8 @@ class PlaybackTracker:
         self.marks_sent = 0
         self.marks_echoed = 0
         self._filler_mark: str | None = None  # follows the filler sent last, until echoed or cleared
+        self.played = PlayedAudio(clock)
+        """The level of what the phone plays, by time: the echo reference (``vad.interrupter``'s echo gate)."""
 
     @property
     def filler_queued(self) -> bool:
@@ -72,13 +77,16 @@ class PlaybackTracker:
         self._heard_ms[self.segment] = 0.0
         return self.segment
 
-    def audio_sent(self, ms: float) -> None:
+    def audio_sent(self, ms: float, ulaw: bytes | None = None) -> None:
+        """``ms`` of agent audio went to Twilio (``ulaw``: the audio itself, for the echo reference)."""
         if self._idle:
             # Twilio's buffer was empty, so this audio starts playing about now.
             self._anchor = (self.segment, self._sent_ms.get(self.segment, 0.0), self._clock())
             self._idle = False
         self._sent_ms[self.segment] = self._sent_ms.get(self.segment, 0.0) + ms
         self._unmarked_ms += ms
+        if ulaw is not None:
+            self.played.sent(ulaw)
 
     def sent_ms(self, segment: int | None = None) -> float:
         return self._sent_ms.get(self.segment if segment is None else segment, 0.0)
@@ -87,7 +95,7 @@ class PlaybackTracker:
         """Register a mark covering everything sent so far and return its name."""
         end_ms = self.sent_ms()
         name = f"{self.segment}:{int(end_ms)}:{self.marks_sent}"
-        self._pending.append(_PendingMark(name, self.segment, end_ms))
+        self._pending.append(_PendingMark(name, self.segment, end_ms, self.played.blocks_sent))
         self.marks_sent += 1
         self._unmarked_ms = 0.0
         return name
@@ -116,6 +124,7 @@ class PlaybackTracker:
                     if self.on_played is not None:
                         self.on_played(mark.segment, now - mark.end_ms / 1000.0)
                 self._heard_ms[mark.segment] = mark.end_ms
+                self.played.played_through(mark.block)
                 self._anchor = (mark.segment, mark.end_ms, now)
                 if self._pending and self._pending[0].segment != mark.segment:
                     # That segment has fully played: the one queued behind it starts now.
@@ -145,6 +154,7 @@ class PlaybackTracker:
         self._confirming = bool(self._pending)
         self._pending.clear()
         self._filler_mark = None
+        self.played.cleared()
         self._anchor = None
         self._idle = True
         self._unmarked_ms = 0.0

@@ -194,7 +194,7 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
             if self._call.journal is not None:
                 self._call.journal.agent_audio(segment)
         ms = len(frame.audio) / BYTES_PER_MS
-        self._playback.audio_sent(ms)
+        self._playback.audio_sent(ms, frame.audio)
         self._unmarked_ms += ms
         if not self._speaking:
             self._speaking = True
