@@ -25,13 +25,15 @@ ECHO_YAML = ROOT / "pipelines" / "echo.yaml"
 
 
 def _start_secs(path: Path) -> float | None:
+    """Speech needed before a barge-in: over the agent, the larger of ``start_secs`` and ``backchannel_secs``."""
     from agent_voice_bridge.pipelines.loader import load_file
+    from agent_voice_bridge.processors.vad_interrupter import VADInterrupterParams
 
     for entry in load_file(path, env={}).config.pipeline:
-        if isinstance(entry, dict) and "vad.interrupter" in entry:
-            return float((entry["vad.interrupter"] or {}).get("start_secs", 0.2))
-        if entry == "vad.interrupter":
-            return 0.2
+        if isinstance(entry, dict) and "vad.interrupter" in entry or entry == "vad.interrupter":
+            options = (entry.get("vad.interrupter") if isinstance(entry, dict) else None) or {}
+            params = VADInterrupterParams(**options)
+            return max(params.start_secs, params.backchannel_secs)
     return None
 
 
