@@ -118,3 +118,16 @@ def test_a_silero_reset_at_a_words_first_window_keeps_the_word() -> None:
     without, _ = speech_windows(False)
     assert since_reset < every, "the reset did happen"
     assert with_resets >= without - 1, f"{with_resets} speech windows with the reset, {without} without"
+
+
+async def test_a_backchannel_over_the_echo_does_not_cut_the_agent_off(server: tuple[str, LiveServer]) -> None:
+    """The gate learns the line's echo while the agent plays, so a short word inside the echo stays short."""
+    kind, live = server
+    uh_huh = pcm16(cut_word(speech("vm-goodbye"), 0.3))
+    steps = [Pause(0.4), Say(long_utterance(), "long"), WaitHeard(after=1.2), Say(uh_huh, "uh-huh"), Pause(1.5)]
+    result = await run_call(live.ws_url, steps, line=echo_line())
+    print(result.timeline())
+    if kind == "shipped":
+        assert not result.clears, "a 300 ms 'uh-huh' over the echo cut the agent off"
+    else:
+        assert result.clears, "before issue 19, the echo and the word cut the reply off (the test's premise)"

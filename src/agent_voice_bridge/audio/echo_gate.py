@@ -34,7 +34,7 @@ ENVELOPE_FLOOR = 10 ** (-55 / 10)
 """Envelopes are compared above -55 dBFS: below, a line's hiss and μ-law's smallest steps are noise."""
 ECHO_SURE_CORRELATION = 0.75
 """A run this well correlated with the reference at the echo's delay, and under it, teaches the echo's level."""
-BLOCK_MARGIN_DB = 3.0
+BLOCK_MARGIN_DB = 0.0
 """A block is the caller's when it is this much louder still than a run would need to be (blocks vary more)."""
 LAG_LEARNING = 0.2
 """Weight of each echo-like run in the call's running correlation per delay (which delay the echo has)."""
@@ -139,6 +139,15 @@ class EchoGate:
         self._echo_ratio: float | None = None  # dB of the echo under the reference at its delay, once learnt
         self._above_echo = above_echo_db
         self.runs_gated = 0
+
+    @property
+    def knows_echo(self) -> bool:
+        """Whether this call's echo level has been learnt."""
+        return self._echo_ratio is not None
+
+    def observe(self, energies: np.ndarray, until: float) -> None:
+        """Learn from a run while the caller is quiet and the agent plays (the echo's delay and level)."""
+        self._judge(energies, until)
 
     def caller_blocks(self, energies: np.ndarray, until: float) -> int:
         """How many of the run's blocks are the caller's: none if the run is echo; once the call's echo level is

@@ -59,7 +59,9 @@ QUIET, STARTING, SPEAKING, STOPPING = VADState.QUIET, VADState.STARTING, VADStat
 SPEECH_ACTIVITY_SECS = 1.0
 """``UserSpeakingFrame`` spacing while the caller talks (keeps turn/idle watchers fed; nothing here reads it)."""
 _START, _STOP, _ACTIVITY = "start", "stop", "activity"
-CALLER_SHARE = 0.8
+LEARN_WINDOWS = 16
+"""Windows (~0.5 s) the echo gate learns from at a time while the agent plays."""
+CALLER_SHARE = 0.6
 """Over an echo, the share of a run's 16 ms halves that must be louder than the echo for it to be the caller."""
 _FLOAT_SCALE = np.float32(1 / 32768)
 
@@ -133,6 +135,7 @@ class VADInterrupter(AudioStage):
         self._echo_gate = (EchoGate(playback.played, margin_db=echo_margin_db)
                            if echo_gate and playback is not None else None)
         self._halves: deque[float] = deque(maxlen=128)  # energies of the last windows' halves (16 ms each)
+        self._since_learning = 0
         self._set_params(VADParams(confidence=confidence, start_secs=start_secs, stop_secs=stop_secs,
                                    min_volume=min_volume))
 
@@ -240,6 +243,8 @@ class VADInterrupter(AudioStage):
             state, self._stopping = QUIET, 0
         self._state = state
         self._stream.may_reset = state is QUIET
+        if self._agent_audible and state is not SPEAKING and self._echo_gate is not None:
+            self._learn_echo(halves[2])
 
         if state is SPEAKING and not self._speaking:
             self._speaking, self._since_activity = True, 0
@@ -251,6 +256,14 @@ class VADInterrupter(AudioStage):
             if self._since_activity % self._activity_windows == 0:
                 self._queue_event(_ACTIVITY, at)
             self._since_activity += 1
+
+    def _learn_echo(self, until: float) -> None:
+        """Let the echo gate learn the line's echo while the agent plays, so it knows it before the caller
+        says anything short over it: every 2nd window until the echo is known, then every 8th (~70 µs each)."""
+        self._since_learning += 1
+        if self._since_learning >= (8 if self._echo_gate.knows_echo else 2) and len(self._halves) >= 2 * LEARN_WINDOWS:
+            self._since_learning = 0
+            self._echo_gate.observe(np.fromiter(self._halves, float)[-2 * LEARN_WINDOWS:], until)
 
     def _is_caller(self, windows: int, until: float) -> bool:
         """Whether the last ``windows`` windows are the caller, not the echo of the agent (most of their halves)."""
