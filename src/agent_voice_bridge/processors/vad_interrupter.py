@@ -124,13 +124,14 @@ class VADInterrupter(AudioStage):
         self._window = WINDOW[sample_rate]
         self._pending = bytearray()  # PCM16 not yet in a window: appended to in place, never re-concatenated
         self._stream: SileroStream | None = None
-        self._events: deque[tuple[str, float]] = deque()  # (kind, time of the deciding window)
+        self._events: deque[tuple[str, float, float]] = deque()  # (kind, time of the deciding window, speech secs)
         self._events_queued = asyncio.Event()
         self._emitting = asyncio.Lock()  # one pusher at a time, so the frames keep their order
         self._emitter: asyncio.Task | None = None
         self._agent_audible = False
         self._state, self._speaking = QUIET, False
         self._starting = self._stopping = self._since_activity = 0
+        self._backchannel_secs = backchannel_secs
         self._backchannel_windows = round(backchannel_secs * sample_rate / self._window)
         self._echo_gate = (EchoGate(playback.played, margin_db=echo_margin_db)
                            if echo_gate and playback is not None else None)
@@ -248,7 +249,8 @@ class VADInterrupter(AudioStage):
 
         if state is SPEAKING and not self._speaking:
             self._speaking, self._since_activity = True, 0
-            self._queue_event(_START, at)
+            backchannel = start_windows != self._start_windows
+            self._queue_event(_START, at, self._backchannel_secs if backchannel else self._params.start_secs)
         elif state is QUIET and self._speaking:
             self._speaking = False
             self._queue_event(_STOP, at)
@@ -272,8 +274,8 @@ class VADInterrupter(AudioStage):
         run = np.fromiter(self._halves, float)[-2 * windows:]
         return self._echo_gate.caller_blocks(run, until) >= CALLER_SHARE * len(run)
 
-    def _queue_event(self, kind: str, at: float) -> None:
-        self._events.append((kind, at))
+    def _queue_event(self, kind: str, at: float, speech_secs: float = 0.0) -> None:
+        self._events.append((kind, at, speech_secs))
         self._events_queued.set()
 
     async def _emitter_task(self) -> None:
@@ -287,11 +289,12 @@ class VADInterrupter(AudioStage):
             while self._events:
                 await self._emit(*self._events.popleft())
 
-    async def _emit(self, kind: str, at: float) -> None:
+    async def _emit(self, kind: str, at: float, speech_secs: float) -> None:
         # ``timestamp`` is when the deciding window's audio arrived, so ``timestamp - start_secs`` (what
         # twilio.output reads as the caller's onset) does not include the wait for the batch.
         if kind is _START:
-            await self.broadcast_frame(VADUserStartedSpeakingFrame, start_secs=self._params.start_secs, timestamp=at)
+            # start_secs: the speech this start needed (backchannel_secs over the agent), so the onset is right
+            await self.broadcast_frame(VADUserStartedSpeakingFrame, start_secs=speech_secs, timestamp=at)
             # The chain has no turn aggregator, so the VAD's start is the caller's turn start
             # (services that do their own turn handling, e.g. Gemini's activityStart, listen for it).
             await self.broadcast_frame(UserStartedSpeakingFrame)
