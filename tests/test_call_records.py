@@ -58,7 +58,9 @@ async def test_echo_call_record_appears_live_and_is_complete_after(tmp_path: Pat
             seen_live[:] = calls
             return bool(calls) and calls[0].outcome is None
 
-        steps = [Until(live_record, timeout=5), Say(speech("hello-world")), WaitHeard(after=0.3),
+        # The echo of a 1.8 s utterance leaves the caller's talk-over ~1.5 s of AI speech to cut: over the AI a
+        # run must last backchannel_secs (0.5 s) to interrupt, with room for a loaded machine's late marks.
+        steps = [Until(live_record, timeout=5), Say(speech("all-circuits-busy-now")), WaitHeard(after=0.3),
                  Say(speech("one-moment-please")), WaitQuiet(idle=1.0)]
         result = await run_call(server.http_url, steps, from_number=CALLER, to_number=LINE)
         server.wait_idle(finished=1)

@@ -64,7 +64,8 @@ async def test_metrics_move_during_a_call_and_logs_carry_the_call_sid() -> None:
     assert delta('voice_bridge_barge_ins_total{line="default"}') == 1
     assert delta('voice_bridge_first_reply_seconds_count{line="default"}') == 1
     assert delta('voice_bridge_barge_in_seconds_count{line="default"}') == 1
-    assert delta('voice_bridge_barge_in_seconds_bucket{le="0.3",line="default"}') == 1, "the clear came within 300 ms"
+    # Over the AI a run must last backchannel_secs (0.5) before it interrupts (issue 19): the clear comes then.
+    assert delta('voice_bridge_barge_in_seconds_bucket{le="0.75",line="default"}') == 1, "clear within 750 ms"
 
     sid = result.call_sid
     call_lines = [line for line in lines if line.startswith(f"{sid} |")]

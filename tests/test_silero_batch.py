@@ -112,5 +112,5 @@ def test_state_is_reset_during_long_quiet_stretches_only():
     resets = 0
     for w in quiet:
         stream.score(w)
-        resets += not np.any(stream.state)
+        resets += stream._since_reset == 0  # the state itself is warmed on the last windows after a reset
     assert resets == len(quiet) // round(2.0 * rate / silero_batch.WINDOW[rate])
