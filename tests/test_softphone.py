@@ -471,3 +471,42 @@ async def test_a_softphone_call_the_ai_transfers_shows_the_transfer_and_ends_tra
     assert closed.detail.endswith("by server"), "the bridge ended the call, as the redirect would have"
     assert (record.outcome, record.reason) == ("transferred", "a question on an invoice")
     assert (record.transfer_destination, record.transfer_to) == ("billing", "+15550188000")
+
+
+def test_browser_call_the_ai_transfers_shows_the_transfer(tmp_path: Path) -> None:
+    """The page's event list says where the AI put the caller through to, and why, once the call has ended."""
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+    from test_gemini_call import chain_yaml
+    from test_transfer import DESTINATIONS
+
+    wav = _fake_mic_or_skip(tmp_path)
+
+    async def run() -> dict:
+        script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "billing", "reason": "an invoice"}})
+        async with FakeGeminiLive(script=script) as fake:
+            yaml_text = chain_yaml(fake, turn_detection="model", vad=False).replace(
+                "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
+            with LiveServer(yaml_text) as server:
+                options = {"url": f"http://127.0.0.1:{server.port}/phone?raw=1", "wav": str(wav),
+                           "chromium": CHROMIUM, "out": str(tmp_path / "softphone.json"), "timeoutMs": 30000,
+                           "transfer": True}
+                result = await asyncio.to_thread(_run_browser, options, limit=60)
+                server.wait_idle(finished=1)
+        return result
+
+    result = asyncio.run(run())
+    shown = result["eventsShown"]
+    print("\n".join(shown))
+    assert any("transfer: Transferring to billing (+15550188000): an invoice" in line for line in shown), shown
+    assert any("<Number>+15550188000</Number>" in line for line in shown), "the TwiML a real call would get"
+    assert result["page"]["closeCode"] == 1000 and result["message"].endswith("transferred to billing")
+
+
+def test_a_warm_transfer_on_the_softphone_is_shown_without_twiml() -> None:
+    """Ringing, briefing and holding for a person need a real call: the page is told where, why, and that."""
+    from agent_voice_bridge.calls.live_call import softphone_transfer
+    from agent_voice_bridge.transports.call_control import TransferRequest
+
+    shown = softphone_transfer(TransferRequest(destination="billing", number="+15550188000", reason="a refund",
+                                               warm=True), "http://127.0.0.1/transfer/done")
+    assert (shown["warm"], shown["twiml"]) == (True, None) and "real call" in str(shown["note"])
