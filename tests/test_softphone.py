@@ -103,7 +103,8 @@ def test_off_by_default_with_twilio_credentials() -> None:
     with LiveServer(yaml_text) as server:
         base = f"http://127.0.0.1:{server.port}"
         for path in ("/phone", "/phone/token", "/phone/pipelines", "/phone/static/phone.js",
-                     "/phone/calls/CA00000000000000000000000000000000/turns"):
+                     "/phone/calls/CA00000000000000000000000000000000/turns",
+                     "/phone/calls/CA00000000000000000000000000000000/events"):
             assert httpx.get(f"{base}{path}", params={"key": "k3y"}).status_code == 404, path
 
 
@@ -429,3 +430,83 @@ def test_browser_call_to_the_line_picked(tmp_path: Path) -> None:
     assert page["line"] == "sales" and record.line == "sales" and record.caller == "browser"
     assert any(". echo" in stage for stage in result["stagesShown"]), result["stagesShown"]
     assert page["latencies"] and page["latencies"][0] >= 200, "echo answers after the caller stops, not at once"
+
+
+# --------------------------------------------------------------------------- a transfer, shown not made
+
+
+async def test_a_softphone_call_the_ai_transfers_shows_the_transfer_and_ends_transferred(tmp_path: Path) -> None:
+    """No Twilio call is behind the page, so no REST update: the page is told what Twilio would have been given
+    (the cold transfer's TwiML) and the call ends as a transfer hands it over, its record saying where and why."""
+    from agent_voice_bridge.storage import CallStore
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+    from test_gemini_call import chain_yaml
+    from test_transfer import DESTINATIONS
+
+    script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "billing", "reason": "a question on an invoice"}})
+    async with FakeGeminiLive(script=script) as fake:
+        yaml_text = chain_yaml(fake, turn_detection="model", vad=False).replace(
+            "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
+        yaml_text = f"storage: {{url: 'sqlite:///{tmp_path}/calls.db', recordings: '{tmp_path}/rec'}}\n" + yaml_text
+        with LiveServer(yaml_text) as server:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+                line = (await http.get("/phone/token")).json()
+                events_path = f"/phone/calls/{line['callSid']}/events"
+                result = await run_call(server.ws_url, [Pause(0.3), Say(speech("vm-goodbye")), WaitQuiet(idle=5.0)],
+                                        call_sid=line["callSid"], custom_parameters=line["parameters"])
+                server.wait_idle(finished=1)
+                answer = await http.get(events_path)  # after the call: the page asks once its stream has closed
+                unknown = await http.get(f"/phone/calls/CA{'0' * 32}/events")
+            record = server.db(CallStore.get_call, line["callSid"])
+    print(result.timeline())
+    assert answer.status_code == 200, answer.text
+    transfer, = answer.json()
+    assert {k: transfer[k] for k in ("kind", "destination", "number", "reason", "warm")} == {
+        "kind": "transfer", "destination": "billing", "number": "+15550188000",
+        "reason": "a question on an invoice", "warm": False}
+    assert "<Say>Connecting you to billing now.</Say>" in transfer["twiml"]
+    assert "<Number>+15550188000</Number></Dial>" in transfer["twiml"] and "/transfer/done?to=billing" in transfer["twiml"]
+    assert unknown.status_code == 404
+    closed = result.events_of("closed")[-1]
+    assert closed.detail.endswith("by server"), "the bridge ended the call, as the redirect would have"
+    assert (record.outcome, record.reason) == ("transferred", "a question on an invoice")
+    assert (record.transfer_destination, record.transfer_to) == ("billing", "+15550188000")
+
+
+def test_browser_call_the_ai_transfers_shows_the_transfer(tmp_path: Path) -> None:
+    """The page's event list says where the AI put the caller through to, and why, once the call has ended."""
+    from fakes.gemini_live import FakeGeminiLive, GeminiScript
+    from test_gemini_call import chain_yaml
+    from test_transfer import DESTINATIONS
+
+    wav = _fake_mic_or_skip(tmp_path)
+
+    async def run() -> dict:
+        script = GeminiScript(tool_call={"name": "transfer", "args": {"to": "billing", "reason": "an invoice"}})
+        async with FakeGeminiLive(script=script) as fake:
+            yaml_text = chain_yaml(fake, turn_detection="model", vad=False).replace(
+                "      voice: Kore\n", "      voice: Kore\n      tools: [transfer]\n" + DESTINATIONS)
+            with LiveServer(yaml_text) as server:
+                options = {"url": f"http://127.0.0.1:{server.port}/phone?raw=1", "wav": str(wav),
+                           "chromium": CHROMIUM, "out": str(tmp_path / "softphone.json"), "timeoutMs": 30000,
+                           "transfer": True}
+                result = await asyncio.to_thread(_run_browser, options, limit=60)
+                server.wait_idle(finished=1)
+        return result
+
+    result = asyncio.run(run())
+    shown = result["eventsShown"]
+    print("\n".join(shown))
+    assert any("transfer: Transferring to billing (+15550188000): an invoice" in line for line in shown), shown
+    assert any("<Number>+15550188000</Number>" in line for line in shown), "the TwiML a real call would get"
+    assert result["page"]["closeCode"] == 1000 and result["message"].endswith("transferred to billing")
+
+
+def test_a_warm_transfer_on_the_softphone_is_shown_without_twiml() -> None:
+    """Ringing, briefing and holding for a person need a real call: the page is told where, why, and that."""
+    from agent_voice_bridge.calls.live_call import softphone_transfer
+    from agent_voice_bridge.transports.call_control import TransferRequest
+
+    shown = softphone_transfer(TransferRequest(destination="billing", number="+15550188000", reason="a refund",
+                                               warm=True), "http://127.0.0.1/transfer/done")
+    assert (shown["warm"], shown["twiml"]) == (True, None) and "real call" in str(shown["note"])

@@ -11,6 +11,8 @@
 // one second of μ-law; how fast it arrives depends on the box's load) and records the page's address.
 // With "keys": "12" (and "typed": "#") it clicks those keypad buttons once the call is live, then types `typed` on
 // the keyboard, waits for the reply to them, and records what the page shows as the keys pressed (`keysShown`).
+// With "transfer": true it waits for the server to end the call with a transfer (the AI's), and records the
+// page's event list (`eventsShown`) and status line (`message`).
 // Progress goes to stdout, one line per step, so a failure shows how far the call got.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -102,6 +104,15 @@ async function run() {
     await page.evaluate(() => window.softphone.hangUp());
     await page.waitForTimeout(300);
     await dump('ok', { keysShown });
+    return;
+  }
+  if (opts.transfer) { // the AI transfers the call: the page shows it once the server has ended the call
+    await page.waitForFunction(() => window.softphone.state !== 'live' && window.softphone.transfer,
+      null, { timeout: timeoutMs, polling: 100 });
+    say('transfer shown');
+    const eventsShown = await page.$$eval('#events li', (ls) => ls.map((l) => l.textContent));
+    const message = await page.textContent('#message');
+    await dump('ok', { eventsShown, message });
     return;
   }
   s = await waitFor('the first reply', (x) => x.latencies.length >= 1);

@@ -17,6 +17,11 @@ Transferring (``transfer``): the call's TwiML is replaced the same way, with a `
 to the person (cold) or hold music while the person is rung (warm, see
 :mod:`.warm_transfer`); this pipeline then ends. A call that comes back from a transfer
 is a new session of the same call (see :mod:`.session`), not a stream joining this one.
+
+A softphone call (the browser page, ``web/softphone.py``) has no Twilio call to redirect:
+its transfer is shown, not made. The call gets a ``transfer`` event with the TwiML Twilio
+would have been given (:attr:`LiveCall.events`, read by the page) and ends as a cold
+transfer hands a call over: outcome ``transferred``, destination and reason recorded.
 """
 
 from __future__ import annotations
@@ -67,6 +72,17 @@ def digits_seconds(digits: str) -> float:
     return sum(PAUSE_SECS if key == "w" else KEY_SECS for key in digits)
 
 
+def softphone_transfer(request: TransferRequest, action: str) -> dict[str, object]:
+    """The event a softphone call's page gets for a transfer: where to, why, and (cold) the TwiML the call's
+    redirect would carry. A warm transfer rings and briefs the person on a call of their own: only a real
+    call can, so the page is told so."""
+    return {"kind": "transfer", "destination": request.destination, "number": request.number,
+            "reason": request.reason, "warm": request.warm,
+            "twiml": None if request.warm else dial_twiml(request, action),
+            "note": ("a warm transfer puts the caller on hold and rings and briefs the person: that needs a real "
+                     "call" if request.warm else "a real call would now be redirected to this TwiML")}
+
+
 @dataclass(frozen=True)
 class StreamHome:
     """Where Twilio connects this call's next media stream: the URL, and its ``<Parameter>``s (a fresh one-time
@@ -100,6 +116,8 @@ class LiveCall:
     """The server's warm transfers (a ``warm`` destination puts the caller on hold there)."""
     stream_home: StreamHome | None = None
     """Set by the session: without it (a pipeline run without a server) keys cannot be sent."""
+    events: list[dict[str, object]] = field(default_factory=list)
+    """What the softphone page is shown of this call besides its audio: the transfer Twilio would have made."""
     _hang_up_task: asyncio.Task | None = None
     _hanging_up: bool = False
     _transfer_task: asyncio.Task | None = None
@@ -153,7 +171,7 @@ class LiveCall:
 
     @property
     def can_transfer(self) -> bool:
-        return self._has_twilio and bool(self.webhook_base)
+        return self.info.softphone or (self._has_twilio and bool(self.webhook_base))
 
     async def transfer(self, request: TransferRequest) -> None:
         """Redirect the call to dial ``request.number`` once the AI's line has played (see calls/transfer.py)."""
@@ -170,7 +188,9 @@ class LiveCall:
             return
         self._transfer_sent = True
         try:
-            if request.warm and self.transfers is not None:
+            if self.info.softphone:  # no Twilio call behind it: show the page what Twilio would have done
+                self.events.append(softphone_transfer(request, done_url(self.webhook_base, request, self.info)))
+            elif request.warm and self.transfers is not None:
                 await self.transfers.start(self.info, request, self.webhook_base)
             else:
                 twiml = dial_twiml(request, done_url(self.webhook_base, request, self.info))

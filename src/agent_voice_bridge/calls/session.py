@@ -153,6 +153,7 @@ async def _live(live: LiveCall, stream: TwilioMediaStream, calls: CallRegistry, 
         metrics.LIVE_CALLS.labels(info.line).dec()
         metrics.CALLS.labels(live.outcome, info.line).inc()  # counted before the caller sees the stream close
         await gate.call_ended(info.call_sid)
+        calls.keep_events(live)  # before the stream closes: the softphone page asks for them when it has
         await stream.close()
         if info.stream is not None and info.stream is not stream:
             await info.stream.close()

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
 
 
+SOFTPHONE_CALLER = "browser"
+"""The caller ID of the browser softphone's calls (``/phone``): it has no number, and no Twilio call behind it."""
+
+
 @dataclass
 class CallStats:
     """What the call's summary line and metrics report."""
@@ -76,6 +80,11 @@ class CallInfo:
         self.timeline.line = self.line
         self.playback.on_played = self.timeline.played
         self.playback.on_clear_confirmed = self.timeline.clear_confirmed
+
+    @property
+    def softphone(self) -> bool:
+        """A call from the browser softphone: what would change the call at Twilio (a transfer) is shown instead."""
+        return self.caller == SOFTPHONE_CALLER
 
     @property
     def direction(self) -> str:

@@ -80,6 +80,8 @@
     transcripts: [],
     keys: '', // every key pressed on this call, in order (sent as Twilio's dtmf messages)
     serverTurns: [], // the server's breakdown of each reply: {turn, at_ms, segments: {name: ms}, total_ms}
+    serverEvents: [], // what the server says of the call besides its audio, asked for once it closes the stream
+    transfer: null, // the AI's transfer, shown not made: {destination, number, reason, warm, twiml, note}
   };
   window.softphone = phone;
 
@@ -115,7 +117,8 @@
       receivedLevel: -100, replies: 0,
     };
     for (const k of ['events', 'latencies', 'bargeIns', 'sentLevels', 'receivedLevels', 'receivedClears',
-      'playedLevels', 'markEchoes', 'transcripts', 'serverTurns']) phone[k] = [];
+      'playedLevels', 'markEchoes', 'transcripts', 'serverTurns', 'serverEvents']) phone[k] = [];
+    phone.transfer = null;
     turnsShown = new Set();
     seq = 0;
     chunk = 0;
@@ -290,15 +293,33 @@
     if (phone.state !== 'error') setState('ended', 'call ended');
   }
 
-  function ended(code, reason) {
+  async function ended(code, reason) {
     phone.closeCode = code;
     phone.closeReason = reason;
     if (phone.state === 'live' || phone.state === 'connecting') {
       const why = reason ? ` (${reason})` : '';
-      event('closed', `by the server, code ${code}${why}`);
+      const t = now();
       teardown();
-      if (code === 1000) setState('ended', `the server ended the call${why}`);
+      if (code === 1000) await showServerEvents(t); // why the server ended it: a transfer, say
+      event('closed', `by the server, code ${code}${why}`, t);
+      const handedOver = phone.transfer ? `: transferred to ${phone.transfer.destination}` : why;
+      if (code === 1000) setState('ended', `the server ended the call${handedOver}`);
       else setState('error', `the server closed the stream: ${code}${why}`);
+    }
+  }
+
+  // A transfer on the softphone is shown, not made: there is no Twilio call to redirect. The server keeps
+  // the call's events a while after it ends, so the page asks once the stream has closed.
+  async function showServerEvents(t) {
+    try {
+      phone.serverEvents = await api(`/phone/calls/${encodeURIComponent(phone.callSid)}/events`);
+    } catch { return; } // an older server, or the call is long gone: the close itself is all there is to show
+    for (const e of phone.serverEvents) {
+      if (e.kind !== 'transfer') continue;
+      phone.transfer = e;
+      event('transfer', `Transferring to ${e.destination} (${e.number})${e.warm ? ' (warm)' : ''}: ${e.reason}`, t);
+      if (e.note) event('server', e.note, t);
+      if (e.twiml) event('twiml', e.twiml, t);
     }
   }
 

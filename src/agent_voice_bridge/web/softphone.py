@@ -35,7 +35,7 @@ from agent_voice_bridge.lines import Lines
 from agent_voice_bridge.pipelines.chain import Chain
 from agent_voice_bridge.pipelines.config import BridgeConfig
 from agent_voice_bridge.security import CallGate
-from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.call_info import SOFTPHONE_CALLER, CallInfo
 from agent_voice_bridge.web.api_key import key_matches, presented_key
 from agent_voice_bridge.transports.twiml import STREAM_PATH
 
@@ -52,8 +52,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
-SOFTPHONE_CALLER = "browser"
-"""The caller ID of the softphone's calls (it has no number)."""
 REPO_PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"
 """The repository's ``pipelines/`` when running from a checkout (editable install)."""
 
@@ -244,5 +242,15 @@ def softphone_router(config: BridgeConfig, gate: CallGate, chains: ChainSource) 
         if live is None:
             raise HTTPException(status_code=404, detail="no softphone call with that SID is live")
         return JSONResponse(live.info.timeline.records(), headers={"Cache-Control": "no-store"})
+
+    @router.get("/phone/calls/{call_sid}/events", include_in_schema=False)
+    async def phone_call_events(call_sid: str, request: Request) -> JSONResponse:
+        """What a softphone call's page is shown besides its audio (a transfer: what Twilio would have been
+        asked to do), while it is live and for a while after it ended (a transfer ends it)."""
+        authorised(request)
+        events = request.app.state.calls.events_of(call_sid)
+        if events is None:
+            raise HTTPException(status_code=404, detail="no recent softphone call with that SID")
+        return JSONResponse(events, headers={"Cache-Control": "no-store"})
 
     return router
