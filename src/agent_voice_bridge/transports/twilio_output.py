@@ -58,6 +58,7 @@ from agent_voice_bridge.processors.frames import (
 )
 from agent_voice_bridge.transports.call_control import CallControl
 from agent_voice_bridge.transports.call_info import CallInfo
+from agent_voice_bridge.transports.twilio_stream import TwilioMediaStream
 
 BYTES_PER_MS = 8  # 8 kHz μ-law
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -176,10 +177,21 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         elif isinstance(frame, MetricsFrame):
             journal.add_usage(token_usage(frame))
 
-    async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
+    @property
+    def _stream(self) -> TwilioMediaStream:
+        """The call's current stream, never a copy: pressing keys (send_digits) moves the call to a new one."""
         stream = self._call.stream
         assert stream is not None
-        await stream.send(stream.messages.media(frame.audio))
+        return stream
+
+    async def _clear(self) -> float:
+        """Have Twilio drop what it holds (the agent's audio or filler); how much of the segment was heard."""
+        await self._stream.send(self._stream.messages.clear())
+        self._filler_unmarked = False
+        return self._playback.on_clear()
+
+    async def _send_audio(self, frame: OutputMulawAudioFrame) -> None:
+        await self._stream.send(self._stream.messages.media(frame.audio))
         if self._call.recorder is not None:
             self._call.recorder.agent_audio(frame.audio)
         if not frame.interruptible:
@@ -215,20 +227,14 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
     async def _mark(self, name: str) -> None:
         if self._call.recorder is not None:
             self._call.recorder.mark_sent(name)  # before the send: its echo may be read during the await
-        stream = self._call.stream
-        assert stream is not None
-        await stream.send(stream.messages.mark(name))
+        await self._stream.send(self._stream.messages.mark(name))
 
     async def _clear_filler(self) -> None:
         """Drop what of the filler Twilio may still hold. Only filler can be queued: it plays when the agent
         has stopped being audible, and stops before the agent's next audio."""
         if not (self._filler_unmarked or self._playback.filler_queued):
             return
-        self._filler_unmarked = False
-        stream = self._call.stream
-        assert stream is not None
-        await stream.send(stream.messages.clear())
-        self._playback.on_clear()
+        await self._clear()
         if self._call.recorder is not None:
             self._call.recorder.cleared()
 
@@ -242,12 +248,8 @@ class TwilioOutput(Stage, AudioSink, FrameProcessor):
         self._unmarked_ms = 0.0
         if not self._playback.playing and not self._speaking:
             return
-        stream = self._call.stream
-        assert stream is not None
-        await stream.send(stream.messages.clear())
-        self._filler_unmarked = False
+        heard = await self._clear()
         self._call.timeline.cleared()
-        heard = self._playback.on_clear()
         self._settled(cleared=True)
         self._call.stats.barge_ins += 1
         metrics.BARGE_INS.labels(self._call.line).inc()
